@@ -1,0 +1,106 @@
+# gpuhub: `make up` starts the hub, `make test` runs every test. Both do their own set-up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+PYTHON ?= python3
+VENV := .venv
+TOOLS := .tools
+CHP_VERSION := 4.6.3
+
+NOTEBOOK_UPSTREAM ?= pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+HUB_UPSTREAM ?= python:3.11.14-slim-bookworm
+NOTEBOOK_IMAGE ?= gpuhub/notebook:latest
+HUB_IMAGE ?= gpuhub/hub:latest
+TEST_NOTEBOOK_IMAGE ?= gpuhub/notebook:cpu
+TORCH_SPEC ?= torch==2.13.0
+# Where a CPU torch wheel may lie for offline builds (pip --find-links style folder).
+TORCH_WHEELHOUSE ?= $(firstword $(PIP_FIND_LINKS) /opt/wheels)
+# Extra CA bundle trusted by apt/pip/npm inside image builds (TLS-intercepting proxies).
+EXTRA_CA_CERT ?= $(firstword $(PIP_CERT) $(SSL_CERT_FILE))
+PYTEST_ARGS ?=
+
+.PHONY: help up down logs images test-images test unit lint bench dev-deps build-context clean-build lock
+
+help:
+	@echo "make up     - build images, create .env, start gpuhub and print its URL and login"
+	@echo "make down   - stop gpuhub (user homes and hub data are kept)"
+	@echo "make test   - install test dependencies, build test images, run every test"
+	@echo "make unit   - only the tests that need neither Docker nor a hub"
+	@echo "make bench  - run benchmarks/ (spawn storm)"
+
+# --- build inputs shared by the images ---------------------------------------------------
+build-context:
+	@mkdir -p .build/wheelhouse
+	@if [ -n "$(EXTRA_CA_CERT)" ] && [ -s "$(EXTRA_CA_CERT)" ]; then cp "$(EXTRA_CA_CERT)" .build/extra-ca.pem; else : > .build/extra-ca.pem; fi
+	@w=$$(ls $(TORCH_WHEELHOUSE)/torch-*cp311*linux*x86_64.whl 2>/dev/null | head -1); \
+	  if [ -n "$$w" ] && [ ! -e ".build/wheelhouse/$$(basename $$w)" ]; then cp "$$w" .build/wheelhouse/; fi
+
+# --- production images ---------------------------------------------------------------------
+images: build-context
+	@set -e; \
+	nb_base=$$(images/offline-base/resolve-base.sh $(NOTEBOOK_UPSTREAM)); \
+	if [ "$$nb_base" = "$(NOTEBOOK_UPSTREAM)" ]; then torch=base; \
+	elif ls .build/wheelhouse/torch-*.whl >/dev/null 2>&1; then torch=wheelhouse; \
+	  echo "gpuhub: notebook image gets torch from the local wheelhouse ($$(ls .build/wheelhouse/torch-*.whl | xargs -n1 basename))"; \
+	else torch=pip; echo "gpuhub: notebook image gets torch ($(TORCH_SPEC)) from the package index"; fi; \
+	echo "gpuhub: building $(NOTEBOOK_IMAGE) FROM $$nb_base"; \
+	scripts/build-image.sh $(NOTEBOOK_IMAGE) -f images/notebook/Dockerfile \
+	  --build-arg BASE_IMAGE=$$nb_base --build-arg TORCH=$$torch --build-arg TORCH_SPEC="$(TORCH_SPEC)"; \
+	hub_base=$$(images/offline-base/resolve-base.sh $(HUB_UPSTREAM)); \
+	echo "gpuhub: building $(HUB_IMAGE) FROM $$hub_base"; \
+	scripts/build-image.sh $(HUB_IMAGE) -f images/hub/Dockerfile --build-arg BASE_IMAGE=$$hub_base
+
+.env:
+	@scripts/make-env.sh .env.example .env
+
+up: .env images
+	@docker network inspect gpuhub-users >/dev/null 2>&1 || docker network create gpuhub-users >/dev/null
+	$(COMPOSE) up -d hub
+	@scripts/wait-and-greet.sh .env
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f hub
+
+# --- tests -----------------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+$(TOOLS)/.installed:
+	npm install --no-fund --no-audit --silent --prefix $(TOOLS) configurable-http-proxy@$(CHP_VERSION)
+	@touch $@
+
+dev-deps: $(VENV)/.installed $(TOOLS)/.installed
+
+test-images: build-context
+	@set -e; \
+	base=$$(GPUHUB_OFFLINE=1 images/offline-base/resolve-base.sh unused); \
+	if ls .build/wheelhouse/torch-*.whl >/dev/null 2>&1; then torch=wheelhouse; else torch=none; \
+	  echo "gpuhub: no CPU torch wheel in $(TORCH_WHEELHOUSE); the test image has no torch"; fi; \
+	echo "gpuhub: building $(TEST_NOTEBOOK_IMAGE) (CPU test variant, torch=$$torch) FROM $$base"; \
+	scripts/build-image.sh $(TEST_NOTEBOOK_IMAGE) -f images/notebook/Dockerfile \
+	  --build-arg BASE_IMAGE=$$base --build-arg TORCH=$$torch
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test: dev-deps test-images lint
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" GPUHUB_TEST_IMAGE=$(TEST_NOTEBOOK_IMAGE) \
+	  $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: dev-deps test-images
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/spawn_storm.py --image $(TEST_NOTEBOOK_IMAGE)
+
+clean-build:
+	rm -rf .build
+lock: build-context
+	scripts/lock-notebook.sh

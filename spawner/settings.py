@@ -1,0 +1,261 @@
+"""The deployment's environment settings (`.env`): one table, parsed and validated.
+
+`jupyterhub_config.py` reads the hub's settings from here, README's settings table
+is written from the same table, and a missing or malformed value stops the hub at
+start with one line naming the variable. Pure: no Docker, no JupyterHub.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'8G' -> bytes. Suffixes K, M, G, T (powers of 1024), like Docker's."""
+    match = _SIZE.match(text.strip().upper())
+    if not match:
+        raise ValueError("expected a size such as 512M or 8G")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _size(text: str) -> str:
+    if parse_size(text) <= 0:
+        raise ValueError("must be larger than zero")
+    return text.strip().upper()
+
+
+def _optional_size(text: str) -> str | None:
+    return _size(text) if text.strip() else None
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return value
+
+
+def _optional_cpus(text: str) -> float | None:
+    if not text.strip():
+        return None
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number of CPUs, or empty for no limit")
+    return value
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]*$")
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"'{name}' is not a valid lower-case user name")
+    return names
+
+
+def _host(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError("must not be empty")
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", text):
+            raise ValueError("must be an IP address or a host name") from None
+    return text
+
+
+def _docker_name(text: str) -> str:
+    if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", text):
+        raise ValueError("must be a Docker object name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+    return text
+
+
+def _image(text: str) -> str:
+    if not re.match(r"^[a-z0-9][a-z0-9._/:@-]*$", text):
+        raise ValueError("must be a Docker image reference such as gpuhub/notebook:latest")
+    return text
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError("must be one of " + ", ".join(options))
+        return text
+
+    return parse
+
+
+def _password(min_length: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if len(text) < min_length:
+            raise ValueError(f"must be at least {min_length} characters long")
+        return text
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _log_level(text: str) -> str:
+    return _choice("DEBUG", "INFO", "WARNING", "ERROR")(text.upper())
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None  # None: required
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False  # never echoed in error messages
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "GPUHUB_AUTH",
+        "shared-password",
+        _choice("shared-password"),
+        "How users sign in. `shared-password`: JupyterHub's SharedPasswordAuthenticator.",
+    ),
+    Setting(
+        "GPUHUB_SHARED_PASSWORD",
+        None,
+        _password(8),
+        "The password every non-admin user signs in with (at least 8 characters).",
+        secret=True,
+    ),
+    Setting(
+        "GPUHUB_ADMIN_USERS",
+        "admin",
+        _names,
+        "Comma-separated hub admins; they sign in with GPUHUB_ADMIN_PASSWORD.",
+    ),
+    Setting(
+        "GPUHUB_ADMIN_PASSWORD",
+        None,
+        _password(32),
+        "The admins' password (at least 32 characters; `make up` generates one).",
+        secret=True,
+    ),
+    Setting(
+        "GPUHUB_ALLOWED_USERS",
+        "",
+        _names,
+        "Comma-separated user names allowed to sign in; empty allows any name.",
+    ),
+    Setting(
+        "GPUHUB_NOTEBOOK_IMAGE", "gpuhub/notebook:latest", _image, "The notebook image user servers run."
+    ),
+    Setting(
+        "GPUHUB_NETWORK",
+        "gpuhub-users",
+        _docker_name,
+        "Docker network shared by the hub and the user containers.",
+    ),
+    Setting(
+        "GPUHUB_HUB_CONNECT_IP",
+        "hub",
+        _host,
+        "Address at which user containers reach the hub's API (the compose service name).",
+    ),
+    Setting("GPUHUB_PORT", "8000", _port, "Port the proxy serves users on, inside the hub container."),
+    Setting("GPUHUB_HUB_PORT", "8081", _port, "Port of the hub's API, for the proxy and user servers."),
+    Setting(
+        "GPUHUB_PROXY_API_PORT", "8001", _port, "Port of configurable-http-proxy's REST API (loopback only)."
+    ),
+    Setting(
+        "GPUHUB_DATA_DIR",
+        "/srv/jupyterhub",
+        _text,
+        "Directory of the hub's state: database, cookie secret (a Docker volume under compose).",
+    ),
+    Setting(
+        "GPUHUB_DB_URL",
+        "",
+        _text,
+        "SQLAlchemy URL of the hub database; empty means SQLite in GPUHUB_DATA_DIR.",
+    ),
+    Setting("GPUHUB_MEM_LIMIT", "8G", _size, "Memory limit of each user container (e.g. 8G)."),
+    Setting("GPUHUB_CPU_LIMIT", "", _optional_cpus, "CPUs each user container may use; empty: no limit."),
+    Setting(
+        "GPUHUB_SHM_SIZE",
+        "2G",
+        _size,
+        "Size of /dev/shm in user containers; PyTorch DataLoader workers need more than Docker's 64M.",
+    ),
+    Setting("GPUHUB_PIDS_LIMIT", "4096", _positive, "Most processes/threads a user container may run."),
+    Setting(
+        "GPUHUB_CONCURRENT_SPAWN_LIMIT",
+        "64",
+        _positive,
+        "Most servers starting at once; further starts are refused with 429 until some are up.",
+    ),
+    Setting(
+        "GPUHUB_START_TIMEOUT", "300", _positive, "Seconds a server may take to start before it is failed."
+    ),
+    Setting(
+        "GPUHUB_IDLE_TIMEOUT",
+        "3600",
+        _count,
+        "Seconds without activity after which jupyterhub-idle-culler stops a server; 0 turns culling off.",
+    ),
+    Setting("GPUHUB_LOG_LEVEL", "INFO", _log_level, "Hub log level: DEBUG, INFO, WARNING or ERROR."),
+)
+
+
+def load(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse every setting from `environ`; raise SettingsError naming the first bad one."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None or (raw == "" and setting.default is None):
+            if setting.default is None:
+                raise SettingsError(f"{setting.name} is not set: {setting.help}")
+            raw = setting.default
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as e:
+            shown = "(hidden)" if setting.secret else repr(raw)
+            raise SettingsError(f"{setting.name}={shown} is invalid: {e}") from None
+    if values["GPUHUB_SHARED_PASSWORD"] == values["GPUHUB_ADMIN_PASSWORD"]:
+        raise SettingsError("GPUHUB_ADMIN_PASSWORD must differ from GPUHUB_SHARED_PASSWORD")
+    return values
+
+
+def markdown_table() -> str:
+    """README's settings table, generated from SETTINGS."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = "*(required)*" if s.default is None else (f"`{s.default}`" if s.default else "*(empty)*")
+        rows.append(f"| `{s.name}` | {default} | {s.help} |")
+    return "\n".join(rows)
