@@ -5,7 +5,7 @@ import shutil
 import docker
 import pytest
 
-from .hub import TEST_GATEWAY, TEST_HUB_ID, TEST_NETWORK, TEST_SUBNET, Hub
+from .hub import TEST_HUB_ID, Hub, ensure_network
 
 USER_PREFIX = "gpuhubt-"  # test users; their home volumes are removed after the tests
 
@@ -47,14 +47,7 @@ def test_image(docker_client):
 
 @pytest.fixture(scope="session")
 def test_network(docker_client):
-    try:
-        docker_client.networks.get(TEST_NETWORK)
-    except docker.errors.NotFound:
-        ipam = docker.types.IPAMConfig(
-            pool_configs=[docker.types.IPAMPool(subnet=TEST_SUBNET, gateway=TEST_GATEWAY)]
-        )
-        docker_client.networks.create(TEST_NETWORK, driver="bridge", ipam=ipam)
-    return TEST_NETWORK
+    return ensure_network(docker_client)
 
 
 def remove_test_containers(client):

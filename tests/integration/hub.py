@@ -42,6 +42,20 @@ c.JupyterHub.load_roles = list(c.JupyterHub.load_roles or []) + [
 """
 
 
+def ensure_network(client) -> str:
+    """The test hubs' user network, with a fixed gateway the containers reach the hub at."""
+    import docker
+
+    try:
+        client.networks.get(TEST_NETWORK)
+    except docker.errors.NotFound:
+        pool = docker.types.IPAMPool(subnet=TEST_SUBNET, gateway=TEST_GATEWAY)
+        client.networks.create(
+            TEST_NETWORK, driver="bridge", ipam=docker.types.IPAMConfig(pool_configs=[pool])
+        )
+    return TEST_NETWORK
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
