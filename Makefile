@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+COMPOSE_CMD := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+# On GPU hosts the hub needs NVML (docker-compose.gpu.yml); elsewhere it must not ask for it.
+COMPOSE := $(COMPOSE_CMD) -f docker-compose.yml $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "-f docker-compose.gpu.yml")
 PYTHON ?= python3
 VENV := .venv
 TOOLS := .tools
@@ -20,7 +22,7 @@ TORCH_WHEELHOUSE ?= $(firstword $(PIP_FIND_LINKS) /opt/wheels)
 EXTRA_CA_CERT ?= $(firstword $(PIP_CERT) $(SSL_CERT_FILE))
 PYTEST_ARGS ?=
 
-.PHONY: help up down logs images test-images test unit lint bench dev-deps build-context clean-build lock
+.PHONY: help up down logs images test-images test unit lint bench dev-deps build-context clean-build lock readme
 
 help:
 	@echo "make up     - build images, create .env, start gpuhub and print its URL and login"
@@ -104,3 +106,6 @@ clean-build:
 	rm -rf .build
 lock: build-context
 	scripts/lock-notebook.sh
+
+readme: $(VENV)/.installed
+	$(VENV)/bin/python scripts/readme-settings.py

@@ -8,13 +8,15 @@ missing or malformed setting stops the hub with one line naming the variable.
 import os
 import sys
 
-from spawner import settings
+from spawner import gpu_config, settings
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 try:
     s = settings.load(os.environ)
-except settings.SettingsError as e:
+    # Checked now, against this host's GPUs, so a bad profile stops the hub at start.
+    gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"])
+except (settings.SettingsError, gpu_config.GPUConfigError) as e:
     print(f"gpuhub: configuration error: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -55,7 +57,16 @@ c.DockerSpawner.cpu_limit = s["GPUHUB_CPU_LIMIT"]
 c.GPUDockerSpawner.shm_size = s["GPUHUB_SHM_SIZE"]
 c.GPUDockerSpawner.pids_limit = s["GPUHUB_PIDS_LIMIT"]
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = s["GPUHUB_START_TIMEOUT"]
+# A spawn may first wait in the GPU queue, then start normally.
+c.Spawner.start_timeout = s["GPUHUB_START_TIMEOUT"] + s["GPUHUB_GPU_WAIT_TIMEOUT"]
+c.GPUDockerSpawner.gpu_wait_timeout = s["GPUHUB_GPU_WAIT_TIMEOUT"]
+
+# --- GPUs: profiles, inventory, quotas -------------------------------------------------------
+c.GPUDockerSpawner.profile_list = gpu["profiles"]
+c.GPUDockerSpawner.gpus = gpu["gpus"]
+c.GPUDockerSpawner.gpu_exclude = gpu["exclude"]
+c.GPUQuota.default = gpu["default"]
+c.GPUQuota.groups = gpu["groups"]
 c.Spawner.http_timeout = 120
 
 # --- Services --------------------------------------------------------------------------

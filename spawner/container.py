@@ -17,6 +17,7 @@ LABEL_USER = "gpuhub.user"
 LABEL_SERVER = "gpuhub.server"
 LABEL_DEVICES = "gpuhub.devices"
 LABEL_HUB = "gpuhub.hub"
+LABEL_QUOTA = "gpuhub.quota"  # the quota (group) the devices count against
 
 #: Environment variables that choose GPUs. Only the spawner sets them, from the grant.
 GPU_VISIBILITY_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
@@ -76,6 +77,7 @@ class ContainerPlan:
     shm_size: str = "2G"
     pids_limit: int = 4096
     devices: Sequence[str] = ()
+    charged_to: str = ""
     binds: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     mounts: Sequence[Any] = ()
     extra_create_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -102,6 +104,7 @@ def labels(plan: ContainerPlan) -> dict[str, str]:
         LABEL_USER: plan.username,
         LABEL_SERVER: plan.server_name,
         LABEL_DEVICES: ",".join(plan.devices),
+        LABEL_QUOTA: plan.charged_to,
     }
 
 

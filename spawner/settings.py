@@ -229,6 +229,18 @@ SETTINGS: tuple[Setting, ...] = (
         _count,
         "Seconds without activity after which jupyterhub-idle-culler stops a server; 0 turns culling off.",
     ),
+    Setting(
+        "GPUHUB_GPU_CONFIG",
+        "",
+        _text,
+        "JSON file with GPU profiles, static inventory, excluded GPUs and quotas (see README); empty: CPU only.",
+    ),
+    Setting(
+        "GPUHUB_GPU_WAIT_TIMEOUT",
+        "600",
+        _positive,
+        "Seconds a spawn may wait in the GPU queue before it fails with a clear message.",
+    ),
     Setting("GPUHUB_LOG_LEVEL", "INFO", _log_level, "Hub log level: DEBUG, INFO, WARNING or ERROR."),
 )
 

@@ -7,6 +7,7 @@ collects settings, calls Docker off the event loop and waits for the server.
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,9 +15,11 @@ import docker.errors
 from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Float, Integer, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, Unicode, Union, default, validate
 
-from . import container
+from . import container, inventory, profiles, quota
+from .allocator import AllocationError
+from .broker import Broker, owner_key
 from .settings import parse_size
 
 
@@ -106,6 +109,61 @@ class GPUDockerSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    profile_list = List(
+        Dict(),
+        help="""
+        What users may choose, in KubeSpawner's `profile_list` shape. Each entry:
+        `slug`, `display_name`, optional `description`, `default`, `gpu`
+        (`{"count": 1, "mig_profile": "1g.10gb"}` or `{"count": 2, "model": "NVIDIA A100-SXM4-80GB"}`),
+        `mem_limit`, `cpu_limit`, `image`. Validated when the hub starts: a duplicate
+        slug, an unknown MIG profile or more devices than the host has stop the hub
+        with one line. Empty: one CPU-only profile.
+        """,
+    ).tag(config=True)
+
+    gpus = List(
+        Union([Unicode(), Dict()]),
+        help="""
+        Static GPU inventory, for hosts where the hub cannot load NVML. Each entry
+        is a UUID (`"GPU-…"`) or a dict with `uuid`, `model`, `memory_mib` and, for
+        MIG slices, `mig_profile` and `parent`. Empty (default): ask NVML.
+        """,
+    ).tag(config=True)
+
+    gpu_exclude = List(
+        Unicode(),
+        help="UUIDs of GPUs (or MIG devices) reserved for other use; never handed to users.",
+    ).tag(config=True)
+
+    gpu_wait_timeout = Float(
+        600,
+        min=0,
+        help="""
+        Seconds a spawn may wait in the GPU queue before it fails with a clear
+        message. Keep `start_timeout` larger than this plus a normal start.
+        """,
+    ).tag(config=True)
+
+    queue_abandon_after = Float(
+        60,
+        min=5,
+        help="""
+        A spawn started from the browser leaves the GPU queue when no browser has
+        watched its progress page for this many seconds (the student left).
+        Spawns started through the REST API keep their place.
+        """,
+    ).tag(config=True)
+
+    reconcile_interval = Float(
+        60,
+        min=0,
+        help="""
+        Seconds between comparisons of the GPU ledger with Docker: devices of
+        containers that are gone are released, containers the ledger does not
+        know are logged and adopted. 0 turns it off.
+        """,
+    ).tag(config=True)
+
     @default("remove")
     def _default_remove(self):
         # Containers are disposable; the home volume carries the state.
@@ -144,8 +202,10 @@ class GPUDockerSpawner(DockerSpawner):
             ),
             home_path=self.home_path,
             user=self.notebook_user,
-            mem_limit=self.mem_limit,
-            cpu_limit=self.cpu_limit,
+            mem_limit=(self._profile and self._profile.mem_limit) or self.mem_limit,
+            cpu_limit=(self._profile and self._profile.cpu_limit) or self.cpu_limit,
+            devices=self._devices,
+            charged_to=self._charged_to,
             shm_size=self.shm_size,
             pids_limit=self.pids_limit,
             binds=self.volume_binds,
@@ -175,10 +235,198 @@ class GPUDockerSpawner(DockerSpawner):
                 f" ({reason}). An admin can build it with `make images`.",
             ) from None
 
+    # --- GPUs: profiles, quota, the queue ------------------------------------------------------
+    _profile: profiles.Profile | None = None
+    _devices: tuple[str, ...] = ()
+    _charged_to: str = ""
+    _waiting_for: str = ""
+    _watchers = 0
+    _from_form = False
+    _configured_image: str | None = None
+
+    @property
+    def owner(self) -> str:
+        return owner_key(self.user.name, self.name or "")
+
+    def load_inventory(self) -> inventory.Inventory:
+        """Blocking (NVML): runs in a thread."""
+        if self.gpus:
+            return inventory.from_static(self.gpus, self.gpu_exclude)
+        return inventory.discover(exclude=self.gpu_exclude)
+
+    async def broker(self) -> Broker:
+        broker = Broker.shared(self.hub_id)
+        broker.log = self.log
+        await broker.ensure_ready(self.load_inventory, self.docker, self.reconcile_interval)
+        return broker
+
+    def quotas(self) -> tuple[list[quota.Quota], list[str]]:
+        config = quota.GPUQuota(parent=self)
+        groups = {g.name: (g.properties or {}).get("gpuhub") for g in self.user.groups}
+        return quota.quotas_for(config.default, config.groups, groups)
+
+    async def get_options_form(self):
+        if self.options_form:
+            return await super().get_options_form()
+        broker = await self.broker()
+        choices = profiles.parse(self.profile_list, broker.inventory)
+        quotas, _ = self.quotas()
+        allowed = [p for p in choices if any(q.allows(p.slug) for q in quotas)]
+        if len(choices) <= 1 or not allowed:
+            return ""
+        default = profiles.choose(allowed, None).slug
+        items = []
+        for p in allowed:
+            if p.gpu:
+                free, total = broker.availability(p.gpu)
+                state = f"{free} of {total} free"
+            else:
+                state = "no GPU"
+            items.append(
+                f'<label class="form-check" style="display:block;margin:.4em 0">'
+                f'<input class="form-check-input" type="radio" name="profile" value="{html.escape(p.slug)}"'
+                f"{' checked' if p.slug == default else ''}> <strong>{html.escape(p.display_name)}</strong>"
+                f' <span class="badge bg-secondary">{state}</span>'
+                f"<br><small>{html.escape(p.description)}</small></label>"
+            )
+        return "\n".join(items)
+
+    @default("options_from_form")
+    def _options_from_form_default(self):
+        def options_from_form(formdata):
+            self._from_form = True
+            return {"profile": (formdata.get("profile") or [""])[0]}
+
+        return options_from_form
+
     async def start(self):
-        ip, port = await super().start()
-        await self._wait_until_answering(ip, port)
+        broker = await self.broker()
+        unknown = set(self.user_options) - {"profile"}
+        if unknown:
+            raise web.HTTPError(400, f"unknown server option(s): {', '.join(sorted(unknown))}")
+        try:
+            profile = profiles.choose(
+                profiles.parse(self.profile_list, broker.inventory), self.user_options.get("profile")
+            )
+        except profiles.ProfileError as e:
+            raise web.HTTPError(400, str(e)) from None
+        quotas, problems = self.quotas()
+        for problem in problems:
+            self.log.warning("gpuhub: %s", problem)
+        decision = quota.decide(
+            quotas,
+            profile.slug,
+            profile.device_count,
+            broker.held_by_user(self.user.name),
+            broker.held_by_quota(),
+        )
+        if not decision.allowed:
+            extra = f" (ignored: {'; '.join(problems)})" if problems else ""
+            raise web.HTTPError(403, f"Over quota: {decision.reason}{extra}")
+
+        if self._configured_image is None:
+            self._configured_image = self.image
+        self.image = profile.image or self._configured_image
+        self._profile, self._devices, self._charged_to = profile, (), decision.charged_to
+        if profile.gpu:
+            self._waiting_for = profile.gpu.label
+            waiter = asyncio.ensure_future(
+                broker.acquire(
+                    self.owner, profile.gpu, decision.priority, self.gpu_wait_timeout, decision.charged_to
+                )
+            )
+            abandon = asyncio.ensure_future(self._abandoned()) if self._from_form else None
+            try:
+                done, _ = await asyncio.wait(
+                    [f for f in (waiter, abandon) if f], return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter not in done:
+                    waiter.cancel()
+                    raise web.HTTPError(409, "Left the GPU queue: nobody was watching the start page")
+                self._devices = waiter.result().devices
+            except asyncio.TimeoutError:
+                raise web.HTTPError(
+                    503,
+                    f"No {profile.gpu.label} became free within {self.gpu_wait_timeout:.0f} s;"
+                    " try again later",
+                ) from None
+            except AllocationError as e:
+                raise web.HTTPError(400, str(e)) from None
+            finally:
+                waiter.cancel()
+                if abandon:
+                    abandon.cancel()
+                self._waiting_for, self._from_form = "", False
+        try:
+            ip, port = await super().start()
+            await self._wait_until_answering(ip, port)
+        except BaseException:
+            broker.release(self.owner)
+            raise
+        broker.started(self.owner)
         return ip, port
+
+    async def _abandoned(self) -> None:
+        """Returns once no browser has watched the progress page for queue_abandon_after seconds."""
+        unwatched_since = time.monotonic()
+        while True:
+            await asyncio.sleep(1)
+            if self._watchers:
+                unwatched_since = time.monotonic()
+            elif time.monotonic() - unwatched_since > self.queue_abandon_after:
+                return
+
+    async def progress(self):
+        self._watchers += 1
+        try:
+            broker = await self.broker()
+            last = None
+            while True:
+                if self._waiting_for:
+                    pos = broker.position(self.owner)
+                    where = f": position {pos[0]} of {pos[1]}" if pos else ""
+                    message = f"Waiting for a GPU ({self._waiting_for}){where}"
+                elif self._devices:
+                    message = f"Got {', '.join(self._devices)}; starting your server"
+                else:
+                    message = "Starting your server"
+                if message != last:
+                    yield {"progress": 30 if self._waiting_for else 60, "message": message}
+                    last = message
+                await asyncio.sleep(0.5)
+        finally:
+            self._watchers -= 1
+
+    async def stop(self, now=False):
+        try:
+            if self.object_id:
+                await super().stop(now)
+            else:
+                self.clear_state()
+        finally:
+            (await self.broker()).release(self.owner)
+            self._devices = ()
+
+    async def poll(self):
+        broker = await self.broker()  # the first poll after a hub start rebuilds the ledger
+        status = await super().poll()
+        if status is not None and self.owner not in broker.starting:
+            broker.release(self.owner)
+        return status
+
+    def get_state(self):
+        state = super().get_state()
+        if self._devices:
+            state["gpu_devices"] = list(self._devices)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._devices = tuple(state.get("gpu_devices", ()))
+
+    def clear_state(self):
+        super().clear_state()
+        self._devices = ()
 
     async def _wait_until_answering(self, ip: str, port: int) -> None:
         """Return once the server answers HTTP; fail early, with its last log line, if it exits."""

@@ -113,6 +113,7 @@ class Hub:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # so what a killed hub leaves behind can be reaped
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -134,6 +135,15 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.reap()
+
+    def reap(self) -> None:
+        """Kill what a killed hub left behind (its proxy, its services)."""
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         """SIGKILL: the hub gets no chance to clean up, like a crash."""

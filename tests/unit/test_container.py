@@ -99,6 +99,7 @@ def test_labels_let_the_hub_find_its_containers():
         "gpuhub.user": "alice",
         "gpuhub.server": "big",
         "gpuhub.devices": "GPU-a,MIG-b",
+        "gpuhub.quota": "",
     }
 
 

@@ -1,0 +1,83 @@
+"""The GPU part of the deployment, from one JSON file (GPUHUB_GPU_CONFIG), checked at hub start.
+
+    {
+      "profiles": [ ...profile_list entries... ],
+      "gpus": [ ...static inventory; omit to ask NVML... ],
+      "exclude": ["GPU-…"],
+      "quota": {"default": {...}, "groups": {"students": {...}}}
+    }
+
+Every problem stops the hub with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import inventory, profiles, quota
+
+KEYS = {"profiles", "gpus", "exclude", "quota"}
+
+
+class GPUConfigError(ValueError):
+    pass
+
+
+def load(path: str, discover=inventory.discover) -> dict[str, Any]:
+    """Read and validate; returns the values for the spawner and GPUQuota traits."""
+    if not path:
+        return {"profiles": [], "gpus": [], "exclude": [], "default": {}, "groups": {}, "inventory": None}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise GPUConfigError(f"{path}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise GPUConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        return _validate(data, discover)
+    except (GPUConfigError, inventory.InventoryError, profiles.ProfileError, quota.QuotaError) as e:
+        raise GPUConfigError(f"{path}: {e}") from None
+
+
+def _validate(data: Any, discover) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise GPUConfigError("must hold a JSON object")
+    unknown = set(data) - KEYS
+    if unknown:
+        raise GPUConfigError(
+            f"unknown keys: {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(KEYS))})"
+        )
+    exclude = data.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(u, str) for u in exclude):
+        raise GPUConfigError("exclude must be a list of device UUIDs")
+    gpus = data.get("gpus", [])
+    if not isinstance(gpus, list):
+        raise GPUConfigError("gpus must be a list of devices")
+    found = inventory.from_static(gpus, exclude) if gpus else discover(exclude=exclude)
+    profile_list = data.get("profiles", [])
+    if not isinstance(profile_list, list):
+        raise GPUConfigError("profiles must be a list")
+    parsed = profiles.parse(profile_list, found)
+    slugs = {p.slug for p in parsed}
+    quotas = data.get("quota", {})
+    if not isinstance(quotas, dict) or set(quotas) - {"default", "groups"}:
+        raise GPUConfigError("quota must be an object with 'default' and/or 'groups'")
+    default = quotas.get("default", {})
+    groups = quotas.get("groups", {})
+    if not isinstance(groups, dict):
+        raise GPUConfigError("quota.groups must map group names to quotas")
+    for source, value in [("quota.default", default)] + [(f"group {g!r}", v) for g, v in groups.items()]:
+        parsed_quota = quota.parse(value, source)
+        missing = (parsed_quota.get("profiles") or set()) - slugs
+        if missing:
+            raise GPUConfigError(f"quota of {source} names unknown profile(s): {', '.join(sorted(missing))}")
+    return {
+        "profiles": profile_list,
+        "gpus": gpus,
+        "exclude": exclude,
+        "default": default,
+        "groups": groups,
+        "inventory": found,
+    }

@@ -1,0 +1,146 @@
+"""What users can ask for: KubeSpawner's `profile_list` shape, validated. Pure.
+
+c.GPUDockerSpawner.profile_list = [
+    {"slug": "cpu", "display_name": "CPU only", "default": True},
+    {"slug": "mig-small", "display_name": "1 MIG slice (10 GB)",
+     "gpu": {"count": 1, "mig_profile": "1g.10gb"}, "mem_limit": "16G"},
+    {"slug": "a100x2", "display_name": "2 x A100", "gpu": {"count": 2, "model": "NVIDIA A100-SXM4-80GB"},
+     "mem_limit": "64G", "cpu_limit": 16, "image": "gpuhub/notebook:latest"},
+]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .devices import Request
+from .inventory import Inventory, is_mig_profile_name
+from .settings import parse_size
+
+#: MIG profiles NVIDIA's data-centre GPUs offer (A30, A100 40/80 GB, H100 80/94 GB, H200, B200).
+KNOWN_MIG_PROFILES = frozenset(
+    """
+    1g.6gb 1g.6gb+me 2g.12gb 2g.12gb+me 4g.24gb
+    1g.5gb 1g.5gb+me 1g.10gb 2g.10gb 3g.20gb 4g.20gb 7g.40gb
+    1g.10gb+me 1g.20gb 2g.20gb 3g.40gb 4g.40gb 7g.80gb
+    1g.12gb 1g.12gb+me 1g.24gb 2g.24gb 3g.47gb 4g.47gb 7g.94gb
+    1g.18gb 1g.18gb+me 1g.35gb 2g.35gb 3g.71gb 4g.71gb 7g.141gb
+    1g.23gb 1g.23gb+me 1g.45gb 2g.45gb 3g.90gb 4g.90gb 7g.180gb
+    """.split()
+)
+
+_SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+_KEYS = {"slug", "display_name", "description", "default", "gpu", "mem_limit", "cpu_limit", "image"}
+
+
+class ProfileError(ValueError):
+    """The profile list is malformed; one line naming the profile and the problem."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    slug: str
+    display_name: str
+    description: str = ""
+    default: bool = False
+    gpu: Request | None = None
+    mem_limit: str | None = None
+    cpu_limit: float | None = None
+    image: str | None = None
+
+    @property
+    def device_count(self) -> int:
+        return self.gpu.count if self.gpu else 0
+
+
+CPU_ONLY = Profile("cpu", "CPU only", "No GPU.", default=True)
+
+
+def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None = None) -> list[Profile]:
+    """Validate `profile_list` (against the inventory when it has devices) into Profiles."""
+    if not profile_list:
+        return [CPU_ONLY]
+    known_mig = KNOWN_MIG_PROFILES | (inventory.mig_profiles if inventory else frozenset())
+    profiles: list[Profile] = []
+    for i, entry in enumerate(profile_list):
+        where = f"profile #{i + 1}"
+        if not isinstance(entry, Mapping):
+            raise ProfileError(f"{where} must be a dict, got {type(entry).__name__}")
+        slug = entry.get("slug")
+        if not isinstance(slug, str) or not _SLUG.match(slug):
+            raise ProfileError(f"{where}: slug {slug!r} must be lower-case letters, digits and '-'")
+        where = f"profile {slug!r}"
+        unknown = set(entry) - _KEYS
+        if unknown:
+            raise ProfileError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+        if any(p.slug == slug for p in profiles):
+            raise ProfileError(f"{where} is defined twice")
+        name = entry.get("display_name")
+        if not isinstance(name, str) or not name.strip():
+            raise ProfileError(f"{where} needs a display_name")
+        request = _gpu(entry.get("gpu"), where, known_mig, inventory)
+        mem = entry.get("mem_limit")
+        if mem is not None:
+            try:
+                parse_size(str(mem))
+            except ValueError:
+                raise ProfileError(f"{where}: mem_limit {mem!r} is not a size such as 16G") from None
+        cpu = entry.get("cpu_limit")
+        if cpu is not None and (not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu <= 0):
+            raise ProfileError(f"{where}: cpu_limit must be a positive number of CPUs")
+        image = entry.get("image")
+        if image is not None and (not isinstance(image, str) or not image):
+            raise ProfileError(f"{where}: image must be an image name")
+        profiles.append(
+            Profile(
+                slug,
+                name.strip(),
+                str(entry.get("description", "")),
+                bool(entry.get("default", False)),
+                request,
+                str(mem).upper() if mem is not None else None,
+                float(cpu) if cpu is not None else None,
+                image,
+            )
+        )
+    defaults = [p.slug for p in profiles if p.default]
+    if len(defaults) > 1:
+        raise ProfileError(f"only one profile may be the default, got {', '.join(defaults)}")
+    return profiles
+
+
+def _gpu(spec: Any, where: str, known_mig: Iterable[str], inventory: Inventory | None) -> Request | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ProfileError(f"{where}: gpu must be a dict like {{'count': 1, 'mig_profile': '1g.10gb'}}")
+    unknown = set(spec) - {"count", "mig_profile", "model"}
+    if unknown:
+        raise ProfileError(f"{where}: gpu has unknown keys: {', '.join(sorted(unknown))}")
+    count = spec.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ProfileError(f"{where}: gpu count must be a whole number >= 1, got {count!r}")
+    mig, model = spec.get("mig_profile"), spec.get("model")
+    if mig is not None and model is not None:
+        raise ProfileError(f"{where}: gpu names a mig_profile or a model, not both")
+    if mig is not None and (not isinstance(mig, str) or not is_mig_profile_name(mig) or mig not in known_mig):
+        raise ProfileError(f"{where}: unknown MIG profile {mig!r} (known: 1g.10gb, 3g.40gb, 7g.80gb, ...)")
+    request = Request(count, mig_profile=mig, model=model)
+    if inventory is not None and inventory.devices:
+        total = sum(1 for d in inventory.devices if request.accepts(d))
+        if total < count:
+            raise ProfileError(f"{where}: asks for {request.label} but this host has {total} such device(s)")
+    return request
+
+
+def choose(profiles: Sequence[Profile], slug: str | None) -> Profile:
+    """The profile a spawn asked for (by slug), or the default one."""
+    if not slug:
+        return next((p for p in profiles if p.default), profiles[0])
+    for p in profiles:
+        if p.slug == slug:
+            return p
+    raise ProfileError(f"unknown profile {slug!r}; choose one of: {', '.join(p.slug for p in profiles)}")

@@ -1,0 +1,178 @@
+"""Who may use what. Pure: the spawner feeds in config, group properties and usage.
+
+A quota is a mapping with any of these keys:
+
+    profiles               list of profile slugs this quota allows ("*" for all)
+    max_devices_per_user   devices one user may hold at once, over all their servers
+    max_devices_per_group  devices all members together may hold through this group
+    priority               place in the GPU wait queue (higher goes first)
+
+Where quotas come from, for one user:
+1. `c.GPUQuota.default` applies to everyone.
+2. Each of the user's groups that has a quota in `c.GPUQuota.groups` or in its
+   JupyterHub group properties under `gpuhub` (set at runtime by lab admins with
+   `PUT /hub/api/groups/{name}/properties`). Properties override config key by key.
+
+How several quotas combine: a user may start a profile if *any* of their quotas
+allows it. The spawn is charged to the allowing quota with the most room left
+(groups before the default, then by name); the user's own limit is the largest
+`max_devices_per_user` among the quotas that allow the profile, and their queue
+priority the highest. A group's `max_devices_per_group` counts the devices held by
+all servers charged to that group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from traitlets import Dict
+from traitlets.config import Configurable
+
+DEFAULT_SOURCE = "(default)"
+KEYS = ("profiles", "max_devices_per_user", "max_devices_per_group", "priority")
+
+
+class QuotaError(ValueError):
+    """A quota value is malformed; one line naming where and what."""
+
+
+@dataclass(frozen=True)
+class Quota:
+    source: str  # group name, or "(default)"
+    profiles: frozenset[str] | None = None  # None: every profile
+    max_devices_per_user: int | None = None  # None: no limit
+    max_devices_per_group: int | None = None
+    priority: int = 0
+
+    def allows(self, slug: str) -> bool:
+        return self.profiles is None or slug in self.profiles
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+    charged_to: str = ""
+    priority: int = 0
+
+
+def parse(value: Any, source: str) -> dict[str, Any]:
+    """Validate one quota mapping; returns only the keys it sets."""
+    if not isinstance(value, Mapping):
+        raise QuotaError(f"quota of {source} must be a mapping, got {type(value).__name__}")
+    unknown = set(value) - set(KEYS)
+    if unknown:
+        raise QuotaError(f"quota of {source} has unknown keys: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    if "profiles" in value:
+        profiles = value["profiles"]
+        if profiles == "*" or profiles is None:
+            out["profiles"] = None
+        elif isinstance(profiles, list) and all(isinstance(p, str) for p in profiles):
+            out["profiles"] = frozenset(profiles)
+        else:
+            raise QuotaError(f"quota of {source}: profiles must be a list of profile slugs or '*'")
+    for key in ("max_devices_per_user", "max_devices_per_group"):
+        if key in value:
+            n = value[key]
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+                raise QuotaError(f"quota of {source}: {key} must be a whole number >= 0 or null, got {n!r}")
+            out[key] = n
+    if "priority" in value:
+        p = value["priority"]
+        if not isinstance(p, int) or isinstance(p, bool) or not -1000 <= p <= 1000:
+            raise QuotaError(f"quota of {source}: priority must be a whole number from -1000 to 1000")
+        out["priority"] = p
+    return out
+
+
+def quotas_for(
+    default: Mapping[str, Any],
+    config_groups: Mapping[str, Mapping[str, Any]],
+    user_groups: Mapping[str, Mapping[str, Any] | None],
+) -> tuple[list[Quota], list[str]]:
+    """The quotas that apply to a user, and one-line problems with malformed group properties.
+
+    `user_groups` maps each of the user's group names to that group's `gpuhub`
+    property (None if unset). A group whose property is malformed grants nothing
+    until it is fixed: a typo must never hand out more than an admin meant.
+    """
+    quotas = [Quota(DEFAULT_SOURCE, **parse(default, "c.GPUQuota.default"))]
+    problems: list[str] = []
+    for name in sorted(user_groups):
+        configured = config_groups.get(name)
+        runtime = user_groups[name]
+        if configured is None and runtime is None:
+            continue
+        try:
+            values = parse(configured or {}, f"c.GPUQuota.groups[{name!r}]")
+            if runtime is not None:
+                values.update(parse(runtime, f"group {name!r} (property 'gpuhub')"))
+        except QuotaError as e:
+            problems.append(str(e))
+            continue
+        quotas.append(Quota(name, **values))
+    return quotas, problems
+
+
+def decide(
+    quotas: Iterable[Quota],
+    slug: str,
+    devices: int,
+    user_holds: int,
+    group_holds: Mapping[str, int],
+) -> Decision:
+    """May a user holding `user_holds` devices start profile `slug` needing `devices` more?"""
+    allowing = [q for q in quotas if q.allows(slug)]
+    if not allowing:
+        return Decision(False, f"your quota does not include the profile {slug!r}")
+    if devices == 0:
+        best = max(allowing, key=lambda q: q.priority)
+        return Decision(True, charged_to=best.source, priority=best.priority)
+    user_limits = [q.max_devices_per_user for q in allowing]
+    user_limit = None if None in user_limits else max(user_limits)
+    if user_limit is not None and user_holds + devices > user_limit:
+        return Decision(
+            False,
+            f"you hold {user_holds} GPU device(s); this profile needs {devices} more"
+            f" and your limit is {user_limit}",
+        )
+    priority = max(q.priority for q in allowing)
+
+    def room(q: Quota) -> float:
+        if q.max_devices_per_group is None:
+            return float("inf")
+        return q.max_devices_per_group - group_holds.get(q.source, 0) - devices
+
+    candidates = [q for q in allowing if room(q) >= 0]
+    groups_first = sorted(candidates, key=lambda q: (q.source == DEFAULT_SOURCE, -room(q), q.source))
+    if not groups_first:
+        full = ", ".join(
+            f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)"
+            for q in allowing
+        )
+        return Decision(False, f"group GPU limit reached: {full}")
+    return Decision(True, charged_to=groups_first[0].source, priority=priority)
+
+
+class GPUQuota(Configurable):
+    """GPU quotas in config; lab admins override them per group at runtime (group property `gpuhub`)."""
+
+    default = Dict(
+        help="""
+        The quota everyone has, e.g. `{"profiles": ["cpu", "mig-small"], "max_devices_per_user": 1}`.
+        Empty (the default) allows every profile without limits: set it on shared hosts.
+        Keys: profiles, max_devices_per_user, max_devices_per_group, priority.
+        """,
+    ).tag(config=True)
+
+    groups = Dict(
+        help="""
+        Quotas per JupyterHub group name, e.g.
+        `{"students": {"profiles": ["cpu", "mig-small"], "max_devices_per_user": 1,
+        "max_devices_per_group": 20}, "researchers": {"profiles": "*", "max_devices_per_user": 4,
+        "priority": 10}}`. A group's property `gpuhub` overrides these key by key at runtime.
+        """,
+    ).tag(config=True)
