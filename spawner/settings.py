@@ -233,7 +233,7 @@ SETTINGS: tuple[Setting, ...] = (
         "GPUHUB_GPU_CONFIG",
         "",
         _text,
-        "JSON file with GPU profiles, static inventory, excluded GPUs and quotas (see README); empty: CPU only.",
+        "JSON file of GPU profiles, static inventory, excluded GPUs and quotas (README); empty: CPU only.",
     ),
     Setting(
         "GPUHUB_GPU_WAIT_TIMEOUT",
