@@ -151,12 +151,14 @@ def _gpu_instance_profiles(nvml, handle) -> set[str]:
         if not re.match(r"^NVML_GPU_INSTANCE_PROFILE_\d+_SLICE\w*$", const) or const.endswith("_COUNT"):
             continue
         try:
-            info = nvml.nvmlDeviceGetGpuInstanceProfileInfoV(handle, getattr(nvml, const), 3)
-        except (nvml.NVMLError, AttributeError, TypeError):
-            continue
+            info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, getattr(nvml, const))
+        except nvml.NVMLError:
+            continue  # not supported by this GPU
         match = _MIG_NAME.search(_text(getattr(info, "name", b"")))
         if match:
             names.add(match.group(1).lower())
+        elif info.sliceCount and info.memorySizeMB:
+            names.add(f"{info.sliceCount}g.{round(info.memorySizeMB / 1024)}gb")
     return names
 
 
