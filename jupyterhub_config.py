@@ -35,6 +35,9 @@ c.JupyterHub.log_level = s["GPUHUB_LOG_LEVEL"]
 # User servers outlive hub restarts and upgrades; the hub finds them again.
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.concurrent_spawn_limit = s["GPUHUB_CONCURRENT_SPAWN_LIMIT"]
+# Named servers let a user keep a CPU server beside a GPU one; GPU quotas count across all of them.
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 5
 
 # --- Sign-in ---------------------------------------------------------------------------
 c.JupyterHub.authenticator_class = "shared-password"

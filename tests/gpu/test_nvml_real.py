@@ -29,9 +29,8 @@ def test_real_gpus_are_found_by_uuid_with_their_mig_profiles():
     found = inventory.discover()
     print(f"\nsource={found.source} note={found.note!r}")
     for d in found.devices:
-        print(
-            f"  {d.uuid} model={d.model!r} memory={d.memory_mib} MiB mig_profile={d.mig_profile} parent={d.parent}"
-        )
+        print(f"  {d.uuid} model={d.model!r} memory={d.memory_mib} MiB", end=" ")
+        print(f"mig_profile={d.mig_profile} parent={d.parent}")
     print(f"  supported MIG profiles: {sorted(found.mig_profiles)}")
     assert found.source == "nvml" and found.devices
     for d in found.devices:
