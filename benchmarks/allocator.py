@@ -97,9 +97,8 @@ def main() -> int:
                 holders.append(grant.owner)
             owner += 1
         queue_lengths.append(len(ledger.waiting()))
-    print(
-        f"Allocator: {args.devices} devices, {min(queue_lengths)}-{max(queue_lengths)} waiters, {args.ops} steps"
-    )
+    waiters = f"{min(queue_lengths)}-{max(queue_lengths)}"
+    print(f"Allocator: {args.devices} devices, {waiters} waiters, {args.ops} steps")
     print(f"{'decision':22} {'n':>6} {'median':>10} {'p99':>10} {'max':>10}")
     worst = 0.0
     for name, values in timings.items():
