@@ -29,7 +29,7 @@ help:
 	@echo "make down   - stop gpuhub (user homes and hub data are kept)"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
-	@echo "make bench  - run benchmarks/ (spawn storm)"
+	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm)"
 
 # --- build inputs shared by the images ---------------------------------------------------
 build-context:
@@ -100,6 +100,8 @@ test: dev-deps test-images lint
 	  $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: dev-deps test-images
+	$(VENV)/bin/python benchmarks/allocator.py
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/queue_handoff.py --image $(TEST_NOTEBOOK_IMAGE)
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/spawn_storm.py --image $(TEST_NOTEBOOK_IMAGE)
 
 clean-build:

@@ -210,3 +210,51 @@ def test_a_hub_killed_mid_storm_comes_back_with_every_server_and_hands_out_nothi
         gpu_hub.stop_server(u)
     gpu_hub.stop_server(users[5]) if gpu_hub.user_model(users[5])["servers"] else None
     assert_never_shared(holding_intervals(docker_client, t0))
+
+
+def test_the_spawn_form_offers_allowed_profiles_with_live_availability(gpu_hub):
+    from .browserless import UserSession
+    from .hub import SHARED_PASSWORD
+
+    join(gpu_hub, "students", ["gpuhubt-form", "gpuhubt-holder"])
+    gpu_hub.start_server("gpuhubt-holder", options={"profile": "gpu"})
+    gpu_hub.wait_ready("gpuhubt-holder")
+    student = UserSession(gpu_hub.url, "gpuhubt-form")
+    page = student.login(SHARED_PASSWORD)
+    assert page.url.endswith("/hub/spawn") and 'name="profile"' in page.text
+    assert "1 GPU" in page.text and "3 of 4 free" in page.text
+    assert "1 MIG slice" in page.text and "2 of 2 free" in page.text
+    assert "2 GPUs" not in page.text, "a profile outside the student's quota is offered"
+    # choosing in the form starts that profile
+    r = student.http.post(
+        f"{gpu_hub.url}/hub/spawn/gpuhubt-form", data={"profile": "mig", "_xsrf": student._xsrf("/hub/")}
+    )
+    assert r.ok
+    gpu_hub.wait_ready("gpuhubt-form")
+    metrics = gpu_hub.api("GET", "/../metrics").text
+    assert 'gpuhub_devices_total{mig_profile="",model="NVIDIA A100-SXM4-80GB"} 4.0' in metrics
+    assert 'gpuhub_devices_held{mig_profile="1g.10gb",model="NVIDIA H100 80GB HBM3"} 1.0' in metrics
+    assert 'gpuhub_devices_held{mig_profile="",model="NVIDIA A100-SXM4-80GB"} 1.0' in metrics
+    assert "gpuhub_queue_length 0.0" in metrics
+    for u in ("gpuhubt-form", "gpuhubt-holder"):
+        gpu_hub.stop_server(u)
+
+
+def test_a_waiter_fails_clearly_after_the_wait_timeout_and_leaves_the_queue(make_hub, tmp_path):
+    path = tmp_path / "gpus.json"
+    one_gpu = {
+        "profiles": GPU_CONFIG["profiles"][:2],
+        "gpus": GPU_CONFIG["gpus"][:1],
+        "quota": {"groups": {"students": {"profiles": ["gpu"]}}},
+    }
+    path.write_text(json.dumps(one_gpu))
+    hub = make_hub(env={"GPUHUB_GPU_CONFIG": str(path), "GPUHUB_GPU_WAIT_TIMEOUT": "3"}).start()
+    join(hub, "students", ["gpuhubt-first", "gpuhubt-late"])
+    hub.start_server("gpuhubt-first", options={"profile": "gpu"})
+    hub.wait_ready("gpuhubt-first")
+    hub.start_server("gpuhubt-late", options={"profile": "gpu"})
+    events = hub.progress("gpuhubt-late", timeout=30)
+    assert events[-1].get("failed")
+    assert "No GPU became free within 3 s; try again later" in events[-1]["message"]
+    assert "gpuhub_queue_length 0.0" in hub.api("GET", "/../metrics").text
+    hub.stop_server("gpuhubt-first")
