@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from docker import errors as docker_errors
 from prometheus_client import Gauge, Histogram
 
 from . import container
@@ -94,7 +95,10 @@ class Broker:
         charged: dict[str, str] = {}
         found = await docker("containers", filters={"label": f"{container.LABEL_HUB}={self.hub_id}"})
         for summary in found:
-            info = await docker("inspect_container", summary["Id"])
+            try:
+                info = await docker("inspect_container", summary["Id"])
+            except docker_errors.NotFound:
+                continue  # removed since it was listed
             labels = info["Config"].get("Labels") or {}
             devices = [d for d in labels.get(container.LABEL_DEVICES, "").split(",") if d]
             for req in info["HostConfig"].get("DeviceRequests") or []:
@@ -115,12 +119,14 @@ class Broker:
                 self.log.exception("gpuhub: reconciling GPU holdings with Docker failed; will retry")
 
     async def reconcile(self, docker: DockerCall) -> None:
-        live, charged = await self._live(docker)
         ledger = self.ledger
-        # Servers that are starting hold devices before their container runs.
-        for owner in self.starting:
-            if owner in ledger.holdings:
-                live.setdefault(owner, ledger.holdings[owner])
+        # Only holdings that existed, and were not starting, before Docker was asked can be
+        # stale: a server may finish starting (or be granted) while the listing runs.
+        candidates = {o for o in ledger.holdings if o not in self.starting}
+        live, charged = await self._live(docker)
+        for owner, devices in ledger.holdings.items():
+            if owner not in candidates or owner in self.starting:
+                live.setdefault(owner, devices)
         report = ledger.reconcile(live)
         for owner in report.released:
             self.charged.pop(owner, None)
@@ -149,7 +155,11 @@ class Broker:
     ) -> Grant:
         """Devices for `owner`, at once or after waiting in the queue (raises TimeoutError)."""
         ledger = self.ledger
+        if owner in ledger.holdings:
+            # A server that is starting holds nothing yet; anything left is stale.
+            self.release(owner)
         self.starting.add(owner)
+        self.charged[owner] = charged_to  # queued requests count against quotas too
         grant = ledger.request(owner, request, priority)
         if grant is None:
             future = asyncio.get_running_loop().create_future()
@@ -192,15 +202,23 @@ class Broker:
     def position(self, owner: str) -> tuple[int, int] | None:
         return self.ledger.position(owner) if self.ledger else None
 
-    def held_by_user(self, username: str) -> int:
-        prefix = owner_key(username, "")
-        return sum(len(d) for o, d in self.ledger.holdings.items() if o.startswith(prefix))
+    def _claims(self, besides: str = "") -> dict[str, int]:
+        """Devices each owner holds or waits for."""
+        claims = {o: len(d) for o, d in self.ledger.holdings.items()}
+        for owner, request in self.ledger.waiting():
+            claims[owner] = request.count
+        claims.pop(besides, None)
+        return claims
 
-    def held_by_quota(self) -> dict[str, int]:
+    def held_by_user(self, username: str, besides: str = "") -> int:
+        prefix = owner_key(username, "")
+        return sum(n for o, n in self._claims(besides).items() if o.startswith(prefix))
+
+    def held_by_quota(self, besides: str = "") -> dict[str, int]:
         usage: dict[str, int] = {}
-        for owner, devices in self.ledger.holdings.items():
+        for owner, n in self._claims(besides).items():
             source = self.charged.get(owner, "")
-            usage[source] = usage.get(source, 0) + len(devices)
+            usage[source] = usage.get(source, 0) + n
         return usage
 
     def availability(self, request: Request) -> tuple[int, int]:

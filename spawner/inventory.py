@@ -91,19 +91,27 @@ def discover(nvml: ModuleType | None = None, exclude: Iterable[str] = ()) -> Inv
     try:
         devices: list[Device] = []
         profiles: set[str] = set()
+        skipped: list[str] = []
         for i in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-            if uuid in excluded:
-                continue
-            model = _text(nvml.nvmlDeviceGetName(handle))
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
-            profiles |= _gpu_instance_profiles(nvml, handle)
-            if _mig_enabled(nvml, handle):
-                devices.extend(_mig_devices(nvml, handle, uuid, model, excluded))
-            else:
-                devices.append(Device(uuid, model, memory, None, None, index=i))
-        note = "" if devices else "NVML found no allocatable GPUs; serving CPU profiles only"
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+                if uuid in excluded:
+                    continue
+                model = _text(nvml.nvmlDeviceGetName(handle))
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
+                profiles |= _gpu_instance_profiles(nvml, handle)
+                if _mig_enabled(nvml, handle):
+                    devices.extend(_mig_devices(nvml, handle, uuid, model, excluded))
+                else:
+                    devices.append(Device(uuid, model, memory, None, None, index=i))
+            except nvml.NVMLError as e:  # e.g. a GPU that fell off the bus: never hand it out
+                skipped.append(f"GPU {i} skipped ({_nvml_reason(e)})")
+        note = "; ".join(skipped)
+        if not devices:
+            note = "; ".join(
+                filter(None, [note, "NVML found no allocatable GPUs; serving CPU profiles only"])
+            )
         return Inventory(tuple(devices), "nvml", note, frozenset(profiles))
     finally:
         try:

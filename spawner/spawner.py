@@ -300,7 +300,8 @@ class GPUDockerSpawner(DockerSpawner):
         return options_from_form
 
     async def start(self):
-        broker = await self.broker()
+        from_form, self._from_form = self._from_form, False
+        broker = await self._broker_or_503()
         unknown = set(self.user_options) - {"profile"}
         if unknown:
             raise web.HTTPError(400, f"unknown server option(s): {', '.join(sorted(unknown))}")
@@ -313,12 +314,13 @@ class GPUDockerSpawner(DockerSpawner):
         quotas, problems = self.quotas()
         for problem in problems:
             self.log.warning("gpuhub: %s", problem)
+        # Queued requests count like holdings: five queued servers must not add up past a limit.
         decision = quota.decide(
             quotas,
             profile.slug,
             profile.device_count,
-            broker.held_by_user(self.user.name),
-            broker.held_by_quota(),
+            broker.held_by_user(self.user.name, besides=self.owner),
+            broker.held_by_quota(besides=self.owner),
         )
         if not decision.allowed:
             extra = f" (ignored: {'; '.join(problems)})" if problems else ""
@@ -328,43 +330,55 @@ class GPUDockerSpawner(DockerSpawner):
             self._configured_image = self.image
         self.image = profile.image or self._configured_image
         self._profile, self._devices, self._charged_to = profile, (), decision.charged_to
-        if profile.gpu:
-            self._waiting_for = profile.gpu.label
-            waiter = asyncio.ensure_future(
-                broker.acquire(
-                    self.owner, profile.gpu, decision.priority, self.gpu_wait_timeout, decision.charged_to
-                )
-            )
-            abandon = asyncio.ensure_future(self._abandoned()) if self._from_form else None
-            try:
-                done, _ = await asyncio.wait(
-                    [f for f in (waiter, abandon) if f], return_when=asyncio.FIRST_COMPLETED
-                )
-                if waiter not in done:
-                    waiter.cancel()
-                    raise web.HTTPError(409, "Left the GPU queue: nobody was watching the start page")
-                self._devices = waiter.result().devices
-            except asyncio.TimeoutError:
-                raise web.HTTPError(
-                    503,
-                    f"No {profile.gpu.label} became free within {self.gpu_wait_timeout:.0f} s;"
-                    " try again later",
-                ) from None
-            except AllocationError as e:
-                raise web.HTTPError(400, str(e)) from None
-            finally:
-                waiter.cancel()
-                if abandon:
-                    abandon.cancel()
-                self._waiting_for, self._from_form = "", False
         try:
+            if profile.gpu:
+                self._devices = await self._wait_for_devices(broker, profile, decision, from_form)
             ip, port = await super().start()
             await self._wait_until_answering(ip, port)
         except BaseException:
-            broker.release(self.owner)
+            if self.object_id:
+                # A container exists and may run: its devices go back once stop() has removed it.
+                broker.started(self.owner)
+            else:
+                broker.release(self.owner)
             raise
         broker.started(self.owner)
         return ip, port
+
+    async def _broker_or_503(self) -> Broker:
+        try:
+            return await self.broker()
+        except Exception as e:
+            self.log.exception("gpuhub: GPU bookkeeping is unavailable")
+            raise web.HTTPError(503, f"GPU bookkeeping is unavailable ({e}); try again shortly") from None
+
+    async def _wait_for_devices(self, broker, profile, decision, from_form: bool) -> tuple[str, ...]:
+        self._waiting_for = profile.gpu.label
+        waiter = asyncio.ensure_future(
+            broker.acquire(
+                self.owner, profile.gpu, decision.priority, self.gpu_wait_timeout, decision.charged_to
+            )
+        )
+        abandon = asyncio.ensure_future(self._abandoned()) if from_form else None
+        try:
+            done, _ = await asyncio.wait(
+                [f for f in (waiter, abandon) if f], return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter not in done:
+                raise web.HTTPError(409, "Left the GPU queue: nobody was watching the start page")
+            return waiter.result().devices
+        except asyncio.TimeoutError:
+            raise web.HTTPError(
+                503,
+                f"No {profile.gpu.label} became free within {self.gpu_wait_timeout:.0f} s; try again later",
+            ) from None
+        except AllocationError as e:
+            raise web.HTTPError(400, str(e)) from None
+        finally:
+            waiter.cancel()
+            if abandon:
+                abandon.cancel()
+            self._waiting_for = ""
 
     async def _abandoned(self) -> None:
         """Returns once no browser has watched the progress page for queue_abandon_after seconds."""
@@ -380,7 +394,6 @@ class GPUDockerSpawner(DockerSpawner):
         self._watchers += 1
         try:
             broker = await self.broker()
-            last = None
             while True:
                 if self._waiting_for:
                     pos = broker.position(self.owner)
@@ -390,25 +403,33 @@ class GPUDockerSpawner(DockerSpawner):
                     message = f"Got {', '.join(self._devices)}; starting your server"
                 else:
                     message = "Starting your server"
-                if message != last:
-                    yield {"progress": 30 if self._waiting_for else 60, "message": message}
-                    last = message
-                await asyncio.sleep(0.5)
+                # Sent every second even when unchanged: writing is how a closed tab is noticed.
+                yield {"progress": 30 if self._waiting_for else 60, "message": message}
+                await asyncio.sleep(1)
         finally:
             self._watchers -= 1
 
     async def stop(self, now=False):
-        try:
-            if self.object_id:
+        broker = await self.broker()
+        if self.object_id:
+            try:
                 await super().stop(now)
-            else:
-                self.clear_state()
-        finally:
-            (await self.broker()).release(self.owner)
-            self._devices = ()
+            except BaseException:
+                # The container may still run with its devices: keep them held; reconcile
+                # gives them back once Docker no longer shows it.
+                broker.started(self.owner)
+                raise
+        else:
+            self.clear_state()
+        broker.release(self.owner)
+        self._devices = ()
 
     async def poll(self):
-        broker = await self.broker()  # the first poll after a hub start rebuilds the ledger
+        try:
+            broker = await self.broker()  # the first poll after a hub start rebuilds the ledger
+        except Exception:
+            self.log.exception("gpuhub: GPU bookkeeping is unavailable; polling the container only")
+            return await super().poll()
         status = await super().poll()
         if status is not None and self.owner not in broker.starting:
             broker.release(self.owner)
@@ -455,6 +476,7 @@ class GPUDockerSpawner(DockerSpawner):
             return
         logs = await self.docker("logs", self.container_id, tail=5)
         last = logs.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(
-            f"The server container exited with code {state.get('ExitCode')} while starting: {last[0][:300]}"
+        raise web.HTTPError(
+            500,
+            f"The server container exited with code {state.get('ExitCode')} while starting: {last[0][:300]}",
         )

@@ -142,6 +142,9 @@ def test_the_queue_position_is_shown_while_waiting(gpu_hub):
                 if "position" in messages[-1]:
                     break
     assert "Waiting for a GPU (1g.10gb): position 2 of 2" in messages
+    # a queued request counts against the quota: no second place in the queue past the limit
+    r = gpu_hub.start_server(users[3], server="another", options={"profile": "mig"})
+    assert r.status_code == 403 and "your limit is 1" in r.json()["message"]
     gpu_hub.stop_server(users[2])  # leaving the queue moves the next one up
     gpu_hub.stop_server(users[0])
     gpu_hub.wait_ready(users[3])
