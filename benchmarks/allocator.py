@@ -44,9 +44,7 @@ def inventory(n: int) -> list[Device]:
 
 
 def requests() -> list[Request]:
-    return [Request(1), Request(2), Request(1, model="H100-80GB")] + [
-        Request(1, mig_profile=p) for p in PROFILES
-    ]
+    return [Request(1), Request(2), Request(1, model="H100-80GB")] + [Request(1, mig_profile=p) for p in PROFILES]
 
 
 def pct(values: list[float], q: float) -> float:

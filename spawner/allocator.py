@@ -63,9 +63,7 @@ class Ledger:
         self._pools: dict[str, list[Device]] = {}
         for d in sorted(self.devices.values(), key=lambda d: self._order[d.uuid]):
             self._pools.setdefault(_pool(d), []).append(d)
-        self._free: dict[str, list[tuple]] = {
-            p: [self._order[d.uuid] for d in ds] for p, ds in self._pools.items()
-        }
+        self._free: dict[str, list[tuple]] = {p: [self._order[d.uuid] for d in ds] for p, ds in self._pools.items()}
         self._pools_of: dict[Request, tuple[str, ...]] = {}
         self.holder: dict[str, str] = {}  # device uuid -> owner
         self.holdings: dict[str, tuple[str, ...]] = {}  # owner -> device uuids

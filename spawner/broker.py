@@ -84,9 +84,7 @@ class Broker:
                 self.inventory, self.ledger = inventory, ledger
                 self._update_metrics()
                 if reconcile_interval > 0:
-                    self._reconciler = asyncio.ensure_future(
-                        self._reconcile_forever(docker, reconcile_interval)
-                    )
+                    self._reconciler = asyncio.ensure_future(self._reconcile_forever(docker, reconcile_interval))
         return self.ledger
 
     async def _live(self, docker: DockerCall) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
@@ -150,9 +148,7 @@ class Broker:
             )
 
     # --- grants -----------------------------------------------------------------------------
-    async def acquire(
-        self, owner: str, request: Request, priority: int, timeout: float, charged_to: str
-    ) -> Grant:
+    async def acquire(self, owner: str, request: Request, priority: int, timeout: float, charged_to: str) -> Grant:
         """Devices for `owner`, at once or after waiting in the queue (raises TimeoutError)."""
         ledger = self.ledger
         if owner in ledger.holdings:

@@ -46,9 +46,7 @@ def _validate(data: Any, discover) -> dict[str, Any]:
         raise GPUConfigError("must hold a JSON object")
     unknown = set(data) - KEYS
     if unknown:
-        raise GPUConfigError(
-            f"unknown keys: {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(KEYS))})"
-        )
+        raise GPUConfigError(f"unknown keys: {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(KEYS))})")
     exclude = data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(u, str) for u in exclude):
         raise GPUConfigError("exclude must be a list of device UUIDs")

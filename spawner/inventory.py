@@ -55,13 +55,9 @@ def from_static(entries: Iterable[Mapping[str, Any] | str], exclude: Iterable[st
         if uuid in seen:
             raise InventoryError(f"static device {uuid} is listed twice")
         if (profile is not None) != uuid.startswith("MIG-"):
-            raise InventoryError(
-                f"static device {uuid}: MIG-… UUIDs need a mig_profile, GPU-… UUIDs must not have one"
-            )
+            raise InventoryError(f"static device {uuid}: MIG-… UUIDs need a mig_profile, GPU-… UUIDs must not have one")
         if profile is not None and not is_mig_profile_name(str(profile)):
-            raise InventoryError(
-                f"static device {uuid}: {profile!r} is not a MIG profile name such as 1g.10gb"
-            )
+            raise InventoryError(f"static device {uuid}: {profile!r} is not a MIG profile name such as 1g.10gb")
         try:
             memory = int(entry.get("memory_mib", 0))
         except (TypeError, ValueError):
@@ -69,9 +65,7 @@ def from_static(entries: Iterable[Mapping[str, Any] | str], exclude: Iterable[st
         seen.add(uuid)
         if uuid in excluded or entry.get("parent") in excluded:
             continue
-        devices.append(
-            Device(uuid, str(entry.get("model", "")), memory, profile, entry.get("parent"), index=i)
-        )
+        devices.append(Device(uuid, str(entry.get("model", "")), memory, profile, entry.get("parent"), index=i))
     profiles = frozenset(d.mig_profile for d in devices if d.mig_profile)
     return Inventory(tuple(devices), "static", "" if devices else "no static devices configured", profiles)
 
@@ -109,9 +103,7 @@ def discover(nvml: ModuleType | None = None, exclude: Iterable[str] = ()) -> Inv
                 skipped.append(f"GPU {i} skipped ({_nvml_reason(e)})")
         note = "; ".join(skipped)
         if not devices:
-            note = "; ".join(
-                filter(None, [note, "NVML found no allocatable GPUs; serving CPU profiles only"])
-            )
+            note = "; ".join(filter(None, [note, "NVML found no allocatable GPUs; serving CPU profiles only"]))
         return Inventory(tuple(devices), "nvml", note, frozenset(profiles))
     finally:
         try:

@@ -136,8 +136,7 @@ def decide(
     if user_limit is not None and user_holds + devices > user_limit:
         return Decision(
             False,
-            f"you hold {user_holds} GPU device(s); this profile needs {devices} more"
-            f" and your limit is {user_limit}",
+            f"you hold {user_holds} GPU device(s); this profile needs {devices} more and your limit is {user_limit}",
         )
     priority = max(q.priority for q in allowing)
 
@@ -150,8 +149,7 @@ def decide(
     groups_first = sorted(candidates, key=lambda q: (q.source == DEFAULT_SOURCE, -room(q), q.source))
     if not groups_first:
         full = ", ".join(
-            f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)"
-            for q in allowing
+            f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)" for q in allowing
         )
         return Decision(False, f"group GPU limit reached: {full}")
     return Decision(True, charged_to=groups_first[0].source, priority=priority)

@@ -173,9 +173,7 @@ SETTINGS: tuple[Setting, ...] = (
         _names,
         "Comma-separated user names allowed to sign in; empty allows any name.",
     ),
-    Setting(
-        "GPUHUB_NOTEBOOK_IMAGE", "gpuhub/notebook:latest", _image, "The notebook image user servers run."
-    ),
+    Setting("GPUHUB_NOTEBOOK_IMAGE", "gpuhub/notebook:latest", _image, "The notebook image user servers run."),
     Setting(
         "GPUHUB_NETWORK",
         "gpuhub-users",
@@ -190,9 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("GPUHUB_PORT", "8000", _port, "Port the proxy serves users on, inside the hub container."),
     Setting("GPUHUB_HUB_PORT", "8081", _port, "Port of the hub's API, for the proxy and user servers."),
-    Setting(
-        "GPUHUB_PROXY_API_PORT", "8001", _port, "Port of configurable-http-proxy's REST API (loopback only)."
-    ),
+    Setting("GPUHUB_PROXY_API_PORT", "8001", _port, "Port of configurable-http-proxy's REST API (loopback only)."),
     Setting(
         "GPUHUB_DATA_DIR",
         "/srv/jupyterhub",
@@ -220,9 +216,7 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
         "Most servers starting at once; further starts are refused with 429 until some are up.",
     ),
-    Setting(
-        "GPUHUB_START_TIMEOUT", "300", _positive, "Seconds a server may take to start before it is failed."
-    ),
+    Setting("GPUHUB_START_TIMEOUT", "300", _positive, "Seconds a server may take to start before it is failed."),
     Setting(
         "GPUHUB_IDLE_TIMEOUT",
         "3600",

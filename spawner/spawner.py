@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default, validate
 
-from . import container, inventory, profiles, quota
+from . import container, courses, inventory, profiles, quota
 from .allocator import AllocationError
 from .broker import Broker, owner_key
 from .settings import parse_size
@@ -70,9 +71,7 @@ class GPUDockerSpawner(DockerSpawner):
         try:
             parse_size(proposal.value)
         except ValueError:
-            raise ValueError(
-                f"GPUDockerSpawner.shm_size={proposal.value!r} is not a size such as 2G"
-            ) from None
+            raise ValueError(f"GPUDockerSpawner.shm_size={proposal.value!r} is not a size such as 2G") from None
         return proposal.value
 
     pids_limit = Integer(
@@ -208,7 +207,7 @@ class GPUDockerSpawner(DockerSpawner):
             charged_to=self._charged_to,
             shm_size=self.shm_size,
             pids_limit=self.pids_limit,
-            binds=self.volume_binds,
+            binds={**self.volume_binds, **self._course_plan.binds},
             mounts=self.mount_binds,
             extra_create_kwargs=self._render_templates(self._eval_if_callable(self.extra_create_kwargs)),
             extra_host_config=self._render_templates(self._eval_if_callable(self.extra_host_config)),
@@ -237,6 +236,7 @@ class GPUDockerSpawner(DockerSpawner):
 
     # --- GPUs: profiles, quota, the queue ------------------------------------------------------
     _profile: profiles.Profile | None = None
+    _course_plan = courses.CoursePlan({}, [], [])
     _devices: tuple[str, ...] = ()
     _charged_to: str = ""
     _waiting_for: str = ""
@@ -305,9 +305,15 @@ class GPUDockerSpawner(DockerSpawner):
         unknown = set(self.user_options) - {"profile"}
         if unknown:
             raise web.HTTPError(400, f"unknown server option(s): {', '.join(sorted(unknown))}")
+        self._course_plan = courses.plan(
+            self.user.name, {g.name: g.properties or {} for g in self.user.groups}, [g.name for g in self.user.groups]
+        )
+        for problem in self._course_plan.problems:
+            self.log.warning("gpuhub: %s", problem)
         try:
             profile = profiles.choose(
-                profiles.parse(self.profile_list, broker.inventory), self.user_options.get("profile")
+                profiles.parse(self.profile_list, broker.inventory),
+                self.user_options.get("profile") or self._course_plan.profile,
             )
         except profiles.ProfileError as e:
             raise web.HTTPError(400, str(e)) from None
@@ -335,6 +341,7 @@ class GPUDockerSpawner(DockerSpawner):
                 self._devices = await self._wait_for_devices(broker, profile, decision, from_form)
             ip, port = await super().start()
             await self._wait_until_answering(ip, port)
+            await self._log_course_sync()
         except BaseException:
             if self.object_id:
                 # A container exists and may run: its devices go back once stop() has removed it.
@@ -344,6 +351,22 @@ class GPUDockerSpawner(DockerSpawner):
             raise
         broker.started(self.owner)
         return ip, port
+
+    def get_env(self):
+        env = super().get_env()
+        if self._course_plan.sync:
+            env["GPUHUB_COURSES"] = json.dumps(self._course_plan.sync)
+        return env
+
+    async def _log_course_sync(self) -> None:
+        """The start hook's course lines, into the hub log (why a course did not sync)."""
+        if not self._course_plan.sync:
+            return
+        logs = (await self.docker("logs", self.container_id, tail=200)).decode(errors="replace")
+        for line in logs.splitlines():
+            if line.startswith("gpuhub-course:"):
+                level = self.log.warning if "failed" in line or "did not finish" in line else self.log.info
+                level("%s: %s", self._log_name, line)
 
     async def _broker_or_503(self) -> Broker:
         try:
@@ -355,15 +378,11 @@ class GPUDockerSpawner(DockerSpawner):
     async def _wait_for_devices(self, broker, profile, decision, from_form: bool) -> tuple[str, ...]:
         self._waiting_for = profile.gpu.label
         waiter = asyncio.ensure_future(
-            broker.acquire(
-                self.owner, profile.gpu, decision.priority, self.gpu_wait_timeout, decision.charged_to
-            )
+            broker.acquire(self.owner, profile.gpu, decision.priority, self.gpu_wait_timeout, decision.charged_to)
         )
         abandon = asyncio.ensure_future(self._abandoned()) if from_form else None
         try:
-            done, _ = await asyncio.wait(
-                [f for f in (waiter, abandon) if f], return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait([f for f in (waiter, abandon) if f], return_when=asyncio.FIRST_COMPLETED)
             if waiter not in done:
                 raise web.HTTPError(409, "Left the GPU queue: nobody was watching the start page")
             return waiter.result().devices
@@ -457,9 +476,7 @@ class GPUDockerSpawner(DockerSpawner):
         next_state_check = time.monotonic() + 2
         while time.monotonic() < deadline:
             try:
-                response = await client.fetch(
-                    HTTPRequest(url, connect_timeout=2, request_timeout=5), raise_error=False
-                )
+                response = await client.fetch(HTTPRequest(url, connect_timeout=2, request_timeout=5), raise_error=False)
                 if response.code != 599:  # any HTTP answer means the server is up
                     return
             except (HTTPClientError, OSError):

@@ -26,8 +26,7 @@ def granted_uuids() -> str:
     pynvml.nvmlInit()
     try:
         return ",".join(
-            pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
-            for i in range(pynvml.nvmlDeviceGetCount())
+            pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())
         )
     finally:
         pynvml.nvmlShutdown()

@@ -89,9 +89,7 @@ def make(layout: dict) -> types.ModuleType:
         return h.spec["name"]
 
     def nvmlDeviceGetMemoryInfo(h):
-        return types.SimpleNamespace(
-            total=h.spec["memory_mib"] * 2**20, used=0, free=h.spec["memory_mib"] * 2**20
-        )
+        return types.SimpleNamespace(total=h.spec["memory_mib"] * 2**20, used=0, free=h.spec["memory_mib"] * 2**20)
 
     def nvmlDeviceGetMigMode(h):
         mig = h.spec.get("mig", "NotSupported")

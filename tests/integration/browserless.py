@@ -28,9 +28,7 @@ class UserSession:
 
     def hub_api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"X-XSRFToken": self._xsrf("/hub/"), **kwargs.pop("headers", {})}
-        return self.http.request(
-            method, f"{self.hub_url}/hub/api{path}", headers=headers, timeout=30, **kwargs
-        )
+        return self.http.request(method, f"{self.hub_url}/hub/api{path}", headers=headers, timeout=30, **kwargs)
 
     def open_lab(self) -> requests.Response:
         """GET /user/<name>/lab: runs the OAuth hand-shake between server and hub, like a browser."""
@@ -39,6 +37,4 @@ class UserSession:
     def server_api(self, method: str, path: str, **kwargs) -> requests.Response:
         prefix = f"/user/{self.name}/"
         headers = {"X-XSRFToken": self._xsrf(prefix), **kwargs.pop("headers", {})}
-        return self.http.request(
-            method, f"{self.hub_url}{prefix}api{path}", headers=headers, timeout=30, **kwargs
-        )
+        return self.http.request(method, f"{self.hub_url}{prefix}api{path}", headers=headers, timeout=30, **kwargs)

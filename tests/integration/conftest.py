@@ -29,9 +29,7 @@ def docker_client():
     try:
         client.ping()
     except docker.errors.DockerException as e:
-        pytest.fail(
-            f"no Docker Engine answers ({e}); start one (.ci/start-dockerd) or deselect with -m 'not docker'"
-        )
+        pytest.fail(f"no Docker Engine answers ({e}); start one (.ci/start-dockerd) or deselect with -m 'not docker'")
     return client
 
 

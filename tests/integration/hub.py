@@ -50,9 +50,7 @@ def ensure_network(client) -> str:
         client.networks.get(TEST_NETWORK)
     except docker.errors.NotFound:
         pool = docker.types.IPAMPool(subnet=TEST_SUBNET, gateway=TEST_GATEWAY)
-        client.networks.create(
-            TEST_NETWORK, driver="bridge", ipam=docker.types.IPAMConfig(pool_configs=[pool])
-        )
+        client.networks.create(TEST_NETWORK, driver="bridge", ipam=docker.types.IPAMConfig(pool_configs=[pool]))
     return TEST_NETWORK
 
 

@@ -70,11 +70,7 @@ def test_user_containers_are_hardened_and_limited(hub, docker_client, username):
     assert host["ShmSize"] == parse_size("1G")
     assert host["Memory"] == parse_size("2G")
     assert host["PidsLimit"] == 1024
-    assert (
-        c.labels["gpuhub.user"] == username
-        and c.labels["gpuhub.server"] == ""
-        and "gpuhub.devices" in c.labels
-    )
+    assert c.labels["gpuhub.user"] == username and c.labels["gpuhub.server"] == "" and "gpuhub.devices" in c.labels
     mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
     assert mounts["/home/jovyan"]["Name"] == f"jupyterhub-user-{username}"
     assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])

@@ -53,17 +53,13 @@ def join(hub, group, users):
 
 
 def devices_of(docker_client, username):
-    found = docker_client.containers.list(
-        filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={username}"]}
-    )
+    found = docker_client.containers.list(filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={username}"]})
     return found[0].labels["gpuhub.devices"].split(",") if found else None
 
 
 def hook_starts(since: float) -> dict[str, dict]:
     with open(HOOK_LOG) as f:
-        return {
-            r["id"]: r for r in map(json.loads, f) if r["time"] >= since and r["visible_devices"] != "void"
-        }
+        return {r["id"]: r for r in map(json.loads, f) if r["time"] >= since and r["visible_devices"] != "void"}
 
 
 def holding_intervals(docker_client, since: float) -> list[tuple[str, float, float, str]]:
@@ -99,9 +95,7 @@ def test_a_storm_of_three_users_per_gpu_never_shares_a_device_and_waiters_go_in_
     users = [f"gpuhubt-storm{i:02d}" for i in range(12)]
     join(gpu_hub, "students", users)
     with ThreadPoolExecutor(4) as pool:
-        first = list(
-            pool.map(lambda u: gpu_hub.start_server(u, options={"profile": "gpu"}).status_code, users[:4])
-        )
+        first = list(pool.map(lambda u: gpu_hub.start_server(u, options={"profile": "gpu"}).status_code, users[:4]))
     assert all(code in (201, 202) for code in first)
     for u in users[:4]:
         gpu_hub.wait_ready(u)
@@ -180,9 +174,7 @@ def test_quota_is_enforced_on_the_server_and_changes_at_runtime(gpu_hub):
     gpu_hub.stop_server("gpuhubt-alice")
 
 
-def test_a_hub_killed_mid_storm_comes_back_with_every_server_and_hands_out_nothing_twice(
-    gpu_hub, docker_client
-):
+def test_a_hub_killed_mid_storm_comes_back_with_every_server_and_hands_out_nothing_twice(gpu_hub, docker_client):
     t0 = time.time()
     users = [f"gpuhubt-kill{i}" for i in range(6)]
     join(gpu_hub, "students", users)

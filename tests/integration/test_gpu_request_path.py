@@ -47,16 +47,12 @@ def start_with_devices(client, image, network, devices):
     except docker.errors.APIError as e:
         client.api.remove_container(created["Id"], force=True)
         if "could not select device driver" in str(e) and not os.environ.get("CI"):
-            pytest.skip(
-                "this dockerd has no nvidia driver: start it with .ci/start-dockerd (stand-in hook on PATH)"
-            )
+            pytest.skip("this dockerd has no nvidia driver: start it with .ci/start-dockerd (stand-in hook on PATH)")
         raise
     return client.containers.get(created["Id"])
 
 
-def test_granted_devices_reach_the_container_through_dockers_nvidia_request(
-    docker_client, test_image, test_network
-):
+def test_granted_devices_reach_the_container_through_dockers_nvidia_request(docker_client, test_image, test_network):
     devices = ("GPU-3f1a2b4c-0000-1111-2222-333344445555", "MIG-9d8e7f6a-aaaa-bbbb-cccc-ddddeeeeffff")
     c = start_with_devices(docker_client, test_image, test_network, devices)
     try:
@@ -71,9 +67,7 @@ def test_granted_devices_reach_the_container_through_dockers_nvidia_request(
                 "Options": {},
             }
         ]
-        code, out = c.exec_run(
-            ["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES; echo ${CUDA_VISIBLE_DEVICES:-unset}"]
-        )
+        code, out = c.exec_run(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES; echo ${CUDA_VISIBLE_DEVICES:-unset}"])
         assert out.decode().split() == [",".join(devices), "unset"]
         deadline = time.monotonic() + 5
         while not hook_records(c.id) and time.monotonic() < deadline:

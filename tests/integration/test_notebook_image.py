@@ -46,13 +46,9 @@ def test_its_jupyterhub_singleuser_matches_the_hub(docker_client, test_image):
 
 def test_the_scientific_stack_imports(docker_client, test_image):
     modules = "torch numpy pandas matplotlib ipywidgets nbgitpuller jupyterlab_nvdashboard gpustat nbclient"
-    code, out = run(
-        docker_client, test_image, ["python3", "-c", f"import {', '.join(modules.split())}; print('ok')"]
-    )
+    code, out = run(docker_client, test_image, ["python3", "-c", f"import {', '.join(modules.split())}; print('ok')"])
     assert code == 0 and out.strip().endswith("ok"), out
-    code, out = run(
-        docker_client, test_image, ["sh", "-c", "command -v git tmux gpu-check torchrun; ! command -v gcc"]
-    )
+    code, out = run(docker_client, test_image, ["sh", "-c", "command -v git tmux gpu-check torchrun; ! command -v gcc"])
     assert code == 0, out
 
 
@@ -135,9 +131,7 @@ def test_a_users_pip_install_lands_in_the_home_volume_and_survives(docker_client
         "pip install --no-index -q /tmp/gpuhub_tiny-1.0-py3-none-any.whl && "
         "python3 -c 'import gpuhub_tiny, json; print(json.dumps(gpuhub_tiny.__file__))'"
     )
-    code, out = run(
-        docker_client, test_image, ["bash", "-c", install], volumes={home: {"bind": "/home/jovyan"}}
-    )
+    code, out = run(docker_client, test_image, ["bash", "-c", install], volumes={home: {"bind": "/home/jovyan"}})
     assert code == 0, out
     assert json.loads(out.strip().splitlines()[-1]).startswith("/home/jovyan/.local/lib/")
     code, out = run(

@@ -61,9 +61,7 @@ def test_extra_host_config_cannot_undo_hardening(extra):
 
 
 def test_extra_host_config_may_add_harmless_settings():
-    config = container.host_config(
-        plan(extra_host_config={"ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 2}]})
-    )
+    config = container.host_config(plan(extra_host_config={"ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 2}]}))
     assert config["ulimits"][0]["Name"] == "nofile"
 
 
@@ -81,9 +79,7 @@ def test_the_docker_socket_is_never_mounted(binds):
 
 def test_the_docker_socket_is_refused_in_mounts_too():
     with pytest.raises(ContainerConfigError, match="Docker socket"):
-        container.host_config(
-            plan(mounts=[{"Source": "/var/run/docker.sock", "Target": "/s", "Type": "bind"}])
-        )
+        container.host_config(plan(mounts=[{"Source": "/var/run/docker.sock", "Target": "/s", "Type": "bind"}]))
 
 
 @pytest.mark.parametrize("user", ["0", "root", "0:0", "root:100", ""])

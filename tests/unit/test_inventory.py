@@ -53,9 +53,7 @@ def test_mig_slices_named_like_their_parent_get_the_profile_from_slices_and_memo
 
 
 def test_gpus_without_mig_support_are_whole_gpus():
-    found = inventory.discover(
-        fake_pynvml.make({"gpus": [gpu(0, mig="NotSupported", name="Tesla T4", profiles=[])]})
-    )
+    found = inventory.discover(fake_pynvml.make({"gpus": [gpu(0, mig="NotSupported", name="Tesla T4", profiles=[])]}))
     assert [(d.uuid, d.is_mig) for d in found.devices] == [("GPU-0", False)]
     assert found.mig_profiles == frozenset()
 

@@ -43,11 +43,7 @@ def test_profiles_parse_into_requests_and_limits():
     )
     assert parsed[0].gpu is None
     assert parsed[1].gpu == Request(1, mig_profile="1g.10gb") and parsed[1].mem_limit == "16G"
-    assert (
-        parsed[2].gpu == Request(2, model="A100")
-        and parsed[2].cpu_limit == 8.0
-        and parsed[2].image == "x/y:1"
-    )
+    assert parsed[2].gpu == Request(2, model="A100") and parsed[2].cpu_limit == 8.0 and parsed[2].image == "x/y:1"
 
 
 @pytest.mark.parametrize(

@@ -63,9 +63,7 @@ def test_admin_and_user_passwords_must_differ():
         settings.load({"GPUHUB_SHARED_PASSWORD": "b" * 32, "GPUHUB_ADMIN_PASSWORD": "b" * 32})
 
 
-@pytest.mark.parametrize(
-    "text, expected", [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("1.5g", int(1.5 * 2**30))]
-)
+@pytest.mark.parametrize("text, expected", [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("1.5g", int(1.5 * 2**30))])
 def test_sizes_use_dockers_units(text, expected):
     assert settings.parse_size(text) == expected
 

@@ -103,9 +103,7 @@ def amp_trains(torch, device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=0, help="matrix size (default 8192 on GPU, 1024 on CPU)")
-    parser.add_argument(
-        "--repeats", type=int, default=0, help="timed products per dtype (default 20 GPU / 3 CPU)"
-    )
+    parser.add_argument("--repeats", type=int, default=0, help="timed products per dtype (default 20 GPU / 3 CPU)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     problems: list[str] = []
@@ -115,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
     except ImportError:
-        print(
-            "PROBLEM: PyTorch is not installed in this image; rebuild it with TORCH=base, pip or wheelhouse."
-        )
+        print("PROBLEM: PyTorch is not installed in this image; rebuild it with TORCH=base, pip or wheelhouse.")
         return 1
     report.update(torch=torch.__version__, cuda=torch.version.cuda)
     print(f"PyTorch  {torch.__version__} (built for CUDA {torch.version.cuda or '-, a CPU-only build'})")
@@ -132,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             cuda_error = str(e).splitlines()[0]
         if not gpu:
             if torch.version.cuda is None:
-                problems.append(
-                    "GPUs were granted but this PyTorch is a CPU-only build: use a CUDA build of torch"
-                )
+                problems.append("GPUs were granted but this PyTorch is a CPU-only build: use a CUDA build of torch")
             elif "driver" in cuda_error.lower() or "too old" in cuda_error.lower():
                 problems.append(
                     f"the NVIDIA driver on this host is too old for CUDA {torch.version.cuda} in this image"
@@ -152,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if gpu:
-        report.update(
-            cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version()))
-        )
+        report.update(cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())))
         print(f"cuDNN    {report['cudnn']}   NCCL {report['nccl']}")
         nvml = nvml_devices()
         if nvml:
@@ -180,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {'MIG slice' if is_mig else 'whole GPU'}  {uuid}"
             )
         if torch.cuda.device_count() != len(expected):
-            problems.append(
-                f"{len(expected)} device(s) were granted but PyTorch sees {torch.cuda.device_count()}"
-            )
+            problems.append(f"{len(expected)} device(s) were granted but PyTorch sees {torch.cuda.device_count()}")
 
     device = "cuda" if gpu else "cpu"
     n = args.size or (8192 if gpu else 1024)

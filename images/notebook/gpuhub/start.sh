@@ -6,4 +6,8 @@
 if [ ! -e "$HOME/examples" ] && [ -w "$HOME" ]; then
     mkdir -p "$HOME/examples" && cp -R /opt/gpuhub/examples/. "$HOME/examples/" && chmod -R u+w "$HOME/examples"
 fi
+# Course material (GPUHUB_COURSES, from the hub): never blocks the server for long, never fails it.
+if [ -n "$GPUHUB_COURSES" ]; then
+    timeout 300 python3 -m course_sync || echo "gpuhub-course: sync did not finish (exit $?)"
+fi
 exec "$@"
