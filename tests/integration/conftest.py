@@ -5,6 +5,7 @@ import shutil
 import docker
 import pytest
 
+from .browser import browser_page, chromium  # noqa: F401 - fixtures
 from .hub import TEST_HUB_ID, Hub, ensure_network
 
 USER_PREFIX = "gpuhubt-"  # test users; their home volumes are removed after the tests

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from .hub import TEST_GATEWAY, TEST_HUB_ID
+from .browser import sign_in_with_password, wait_for_lab
+from .hub import SHARED_PASSWORD, TEST_GATEWAY, TEST_HUB_ID
 
 
 def NB(text):  # noqa: N802 - a tiny notebook
@@ -223,3 +224,22 @@ def test_the_cli_lists_shows_and_deletes(hub):
     assert "volume gpuhub-course-gamma" in shown and "gpuhub-course-gamma-data" in shown
     ok(cli(hub, "course", "delete", "gamma", "--yes"))
     assert "gamma" not in ok(cli(hub, "course", "list"))
+
+
+def test_the_course_folder_shows_in_jupyterlabs_file_browser(hub, browser_page, tmp_path, test_image):
+    material = tmp_path / "material"
+    material.mkdir()
+    (material / "welcome.ipynb").write_text(NB("welcome to the browser course"))
+    hub.api("POST", "/users", json={"usernames": ["gpuhubt-bstudent"]})
+    ok(cli(hub, "course", "create", "webml", "--volume", "--title", "Web ML"))
+    ok(cli(hub, "course", "publish", "webml", str(material), "--image", test_image))
+    ok(cli(hub, "course", "enroll", "webml", "gpuhubt-bstudent"))
+
+    page = browser_page
+    sign_in_with_password(page, hub.url, "gpuhubt-bstudent", SHARED_PASSWORD)
+    wait_for_lab(page, "gpuhubt-bstudent")
+    listing = page.locator(".jp-DirListing-content")
+    listing.get_by_text("courses", exact=True).dblclick()
+    listing.get_by_text("webml", exact=True).dblclick()
+    listing.get_by_text("welcome.ipynb", exact=True).wait_for()
+    hub.stop_server("gpuhubt-bstudent")
