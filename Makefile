@@ -21,12 +21,16 @@ TORCH_WHEELHOUSE ?= $(firstword $(PIP_FIND_LINKS) /opt/wheels)
 # Extra CA bundle trusted by apt/pip/npm inside image builds (TLS-intercepting proxies).
 EXTRA_CA_CERT ?= $(firstword $(PIP_CERT) $(SSL_CERT_FILE))
 PYTEST_ARGS ?=
+# The user network (no traffic between user containers) and the hub's fixed address on it.
+USER_SUBNET ?= 10.213.0.0/24
+HUB_IP ?= 10.213.0.2
 
-.PHONY: help up down logs images test-images test unit lint bench dev-deps build-context clean-build lock readme
+.PHONY: help up down restart logs images test-images test unit lint bench dev-deps build-context clean-build lock readme
 
 help:
 	@echo "make up     - build images, create .env, start gpuhub and print its URL and login"
 	@echo "make down   - stop gpuhub (user homes and hub data are kept)"
+	@echo "make restart - restart the hub only; user servers keep running"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
 	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm)"
@@ -57,12 +61,17 @@ images: build-context
 	@scripts/make-env.sh .env.example .env
 
 up: .env images
-	@docker network inspect gpuhub-users >/dev/null 2>&1 || docker network create gpuhub-users >/dev/null
-	$(COMPOSE) up -d hub
+	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP)
+	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d hub
 	@scripts/wait-and-greet.sh .env
 
 down:
 	$(COMPOSE) down
+
+# Restart the hub (user servers keep running); new courses' instructor roles take effect.
+restart:
+	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub
+	@scripts/wait-and-greet.sh .env
 
 logs:
 	$(COMPOSE) logs -f hub
@@ -77,7 +86,12 @@ $(TOOLS)/.installed:
 	npm install --no-fund --no-audit --silent --prefix $(TOOLS) configurable-http-proxy@$(CHP_VERSION)
 	@touch $@
 
-dev-deps: $(VENV)/.installed $(TOOLS)/.installed
+# The sign-in tests' OpenID Connect provider (panva's oidc-provider, pinned by its lock file).
+tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
+	npm ci --no-fund --no-audit --silent --prefix tests/oidc
+	@touch $@
+
+dev-deps: $(VENV)/.installed $(TOOLS)/.installed tests/oidc/node_modules/.installed
 
 test-images: build-context
 	@set -e; \

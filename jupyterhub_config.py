@@ -8,7 +8,7 @@ missing or malformed setting stops the hub with one line naming the variable.
 import os
 import sys
 
-from spawner import gpu_config, settings
+from spawner import gpu_config, roles, settings, signin
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -16,12 +16,13 @@ try:
     s = settings.load(os.environ)
     # Checked now, against this host's GPUs, so a bad profile stops the hub at start.
     gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"])
-except (settings.SettingsError, gpu_config.GPUConfigError) as e:
+    data_dir = s["GPUHUB_DATA_DIR"]
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    # --- Sign-in (README: "Sign-in and access") -----------------------------------------
+    signin.configure(c, s, data_dir)
+except (settings.SettingsError, gpu_config.GPUConfigError, signin.SignInError) as e:
     print(f"gpuhub: configuration error: {e}", file=sys.stderr)
     sys.exit(2)
-
-data_dir = s["GPUHUB_DATA_DIR"]
-os.makedirs(data_dir, mode=0o700, exist_ok=True)
 
 # --- The hub, its proxy and its state -------------------------------------------------
 c.JupyterHub.bind_url = f"http://0.0.0.0:{s['GPUHUB_PORT']}"
@@ -39,15 +40,21 @@ c.JupyterHub.concurrent_spawn_limit = s["GPUHUB_CONCURRENT_SPAWN_LIMIT"]
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5
 
-# --- Sign-in ---------------------------------------------------------------------------
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = s["GPUHUB_SHARED_PASSWORD"]
-c.SharedPasswordAuthenticator.admin_password = s["GPUHUB_ADMIN_PASSWORD"]
-c.Authenticator.admin_users = set(s["GPUHUB_ADMIN_USERS"])
-if s["GPUHUB_ALLOWED_USERS"]:
-    c.Authenticator.allowed_users = set(s["GPUHUB_ALLOWED_USERS"])
-else:
-    c.Authenticator.allow_all = True
+# --- Access: tokens, metrics, roles ---------------------------------------------------------
+c.JupyterHub.token_expires_in_max_seconds = s["GPUHUB_TOKEN_MAX_AGE"]
+c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs the read:metrics scope
+c.JupyterHub.load_roles = [roles.lab_admin_role(s["GPUHUB_LAB_ADMIN_GROUP"])]
+# Instructor roles follow the courses in the database; a new course's instructors get theirs
+# at the next hub restart (`make restart`; user servers keep running).
+try:
+    _courses, _users, _groups = roles.read_courses(c.JupyterHub.db_url)
+except Exception as e:  # the hub reports an unreachable database itself, at greater length
+    print(f"gpuhub: could not read courses for instructor roles: {type(e).__name__}", file=sys.stderr)
+    _courses, _users, _groups = {}, set(), set()
+_instructor_roles, _problems = roles.instructor_roles(_courses, _users, _groups)
+c.JupyterHub.load_roles.extend(_instructor_roles)
+for _problem in _problems:
+    print(f"gpuhub: course ignored for instructor roles: {_problem}", file=sys.stderr)
 
 # --- User servers ----------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"
@@ -85,10 +92,10 @@ if s["GPUHUB_IDLE_TIMEOUT"]:
             ],
         }
     ]
-    c.JupyterHub.load_roles = [
+    c.JupyterHub.load_roles.append(
         {
             "name": "idle-culler",
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             "services": ["idle-culler"],
         }
-    ]
+    )

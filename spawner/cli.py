@@ -5,6 +5,7 @@
     gpuhub course enroll ml101 bob carol
     gpuhub course publish ml101 ./material        # volume courses: copy files into the course volume
     gpuhub course link ml101 week1/lecture1.ipynb  # an "open in gpuhub" link (nbgitpuller format)
+    gpuhub ssh-config >> ~/.ssh/config             # then: ssh gpuhub-<you> (README: SSH)
 
 Bad input exits non-zero with one line and changes nothing.
 """
@@ -196,6 +197,25 @@ def cmd_link(hub: Hub, a) -> str:
     return f"{hub.url}/hub/user-redirect/git-pull?{query}"
 
 
+def cmd_ssh_config(hub: Hub, a) -> str:
+    """An ~/.ssh/config block for the token's owner: OpenSSH through the proxy to jupyter-sshd-proxy."""
+    user = hub.call("GET", "/user").json()["name"]
+    if a.server and not re.match(r"^[A-Za-z0-9._-]{1,64}$", a.server):
+        raise CLIError(f"{a.server!r} is not a valid server name")
+    scheme = "wss" if hub.url.startswith("https://") else "ws"
+    host = hub.url.split("://", 1)[1]
+    path = f"/user/{quote(user)}/{quote(a.server) + '/' if a.server else ''}sshd/"
+    alias = a.host or f"gpuhub-{user}" + (f"-{a.server}" if a.server else "")
+    return "\n".join(
+        [
+            f"Host {alias}",
+            "    User jovyan",
+            "    # The hub token authenticates the tunnel; keep it in the environment, not in this file.",
+            f'    ProxyCommand websocat --binary -H="Authorization: token ${{GPUHUB_TOKEN}}" asyncstdio: {scheme}://{host}{path}',
+        ]
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuhub", description="gpuhub admin and instructor commands")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"))
@@ -227,6 +247,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("path")
     s.add_argument("--image", help="image for the copy helper (default: GPUHUB_NOTEBOOK_IMAGE)")
+    ssh = sub.add_parser("ssh-config", help="print an ~/.ssh/config block for your server (jupyter-sshd-proxy)")
+    ssh.set_defaults(command="ssh-config")
+    ssh.add_argument("--server", default="", help="a named server (default: the default server)")
+    ssh.add_argument("--host", default="", help="the Host alias (default: gpuhub-<user>)")
     s = cs.add_parser("link", help="an 'open in gpuhub' link to a file of a git course")
     s.add_argument("name")
     s.add_argument("path", nargs="?", default="")
@@ -242,6 +266,7 @@ COMMANDS = {
     "drop": lambda hub, a: cmd_enroll(hub, a, drop=True),
     "publish": cmd_publish,
     "link": cmd_link,
+    "ssh-config": cmd_ssh_config,
 }
 
 

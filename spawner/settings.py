@@ -127,6 +127,42 @@ def _text(text: str) -> str:
     return text
 
 
+def _url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d+)?(/[^\s]*)?$", text):
+        raise ValueError("must be an http(s):// URL")
+    return text
+
+
+def _optional_url(text: str) -> str:
+    return _url(text) if text.strip() else ""
+
+
+def _groups(text: str) -> list[str]:
+    """Comma-separated group names as the identity provider spells them (GitHub: org or org:team)."""
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    for group in groups:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$", group):
+            raise ValueError(f"'{group}' is not a valid group name")
+    return groups
+
+
+def _scopes(text: str) -> list[str]:
+    scopes = text.split()
+    if "openid" not in scopes:
+        raise ValueError("must include openid")
+    for scope in scopes:
+        if not re.match(r"^[A-Za-z0-9_.:/-]+$", scope):
+            raise ValueError(f"'{scope}' is not a valid scope")
+    return scopes
+
+
+def _claim(text: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_.:-]*$", text):
+        raise ValueError("must be a claim name such as preferred_username")
+    return text
+
+
 def _log_level(text: str) -> str:
     return _choice("DEBUG", "INFO", "WARNING", "ERROR")(text.upper())
 
@@ -138,40 +174,126 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     secret: bool = False  # never echoed in error messages
+    modes: tuple[str, ...] = ()  # only read for these GPUHUB_AUTH modes (empty: always)
 
+
+OAUTH_MODES = ("github", "oidc")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GPUHUB_AUTH",
         "shared-password",
-        _choice("shared-password"),
-        "How users sign in. `shared-password`: JupyterHub's SharedPasswordAuthenticator.",
+        _choice("shared-password", "github", "oidc"),
+        "How users sign in: `shared-password` (JupyterHub's SharedPasswordAuthenticator), `github` "
+        "(GitHubOAuthenticator) or `oidc` (GenericOAuthenticator against any OpenID Connect provider).",
     ),
     Setting(
         "GPUHUB_SHARED_PASSWORD",
         None,
         _password(8),
-        "The password every non-admin user signs in with (at least 8 characters).",
+        "`shared-password` mode: the password every non-admin user signs in with (at least 8 characters).",
         secret=True,
+        modes=("shared-password",),
     ),
     Setting(
         "GPUHUB_ADMIN_USERS",
         "admin",
         _names,
-        "Comma-separated hub admins; they sign in with GPUHUB_ADMIN_PASSWORD.",
+        "Comma-separated hub admins (full rights); in `shared-password` mode they sign in with GPUHUB_ADMIN_PASSWORD.",
     ),
     Setting(
         "GPUHUB_ADMIN_PASSWORD",
         None,
         _password(32),
-        "The admins' password (at least 32 characters; `make up` generates one).",
+        "`shared-password` mode: the admins' password (at least 32 characters; `make up` generates one).",
         secret=True,
+        modes=("shared-password",),
     ),
     Setting(
         "GPUHUB_ALLOWED_USERS",
         "",
         _names,
-        "Comma-separated user names allowed to sign in; empty allows any name.",
+        "Comma-separated user names allowed to sign in; empty allows any name (`shared-password`) or "
+        "anyone in GPUHUB_ALLOWED_GROUPS (OAuth modes).",
+    ),
+    Setting(
+        "GPUHUB_PUBLIC_URL",
+        None,
+        _url,
+        "OAuth modes: the URL users open, e.g. `https://gpu.example.edu`; the provider's redirect URI is "
+        "this plus `/hub/oauth_callback`.",
+        modes=OAUTH_MODES,
+    ),
+    Setting(
+        "GPUHUB_OAUTH_CLIENT_ID",
+        None,
+        _text,
+        "OAuth modes: the client (application) id registered with the provider.",
+        modes=OAUTH_MODES,
+    ),
+    Setting(
+        "GPUHUB_OAUTH_CLIENT_SECRET",
+        None,
+        _text,
+        "OAuth modes: the client secret registered with the provider.",
+        secret=True,
+        modes=OAUTH_MODES,
+    ),
+    Setting(
+        "GPUHUB_OIDC_ISSUER",
+        None,
+        _url,
+        "`oidc` mode: the provider's issuer URL; its `/.well-known/openid-configuration` is read at hub start.",
+        modes=("oidc",),
+    ),
+    Setting(
+        "GPUHUB_OIDC_SCOPES",
+        "openid profile email",
+        _scopes,
+        "`oidc` mode: space-separated scopes to ask for; add the one that releases the groups claim "
+        "(often `groups`) if your provider needs it.",
+        modes=("oidc",),
+    ),
+    Setting(
+        "GPUHUB_OIDC_USERNAME_CLAIM",
+        "preferred_username",
+        _claim,
+        "`oidc` mode: the userinfo claim that becomes the JupyterHub user name.",
+        modes=("oidc",),
+    ),
+    Setting(
+        "GPUHUB_OIDC_GROUPS_CLAIM",
+        "groups",
+        _claim,
+        "`oidc` mode: the userinfo claim listing the user's groups; they become JupyterHub groups.",
+        modes=("oidc",),
+    ),
+    Setting(
+        "GPUHUB_ALLOWED_GROUPS",
+        "",
+        _groups,
+        "OAuth modes: who may sign in. `oidc`: provider groups; `github`: organizations or `org:team`. "
+        "Empty: only GPUHUB_ALLOWED_USERS and admins.",
+        modes=OAUTH_MODES,
+    ),
+    Setting(
+        "GPUHUB_ADMIN_GROUPS",
+        "",
+        _groups,
+        "OAuth modes: provider groups (`github`: `org:team`) whose members are full hub admins.",
+        modes=OAUTH_MODES,
+    ),
+    Setting(
+        "GPUHUB_LAB_ADMIN_GROUP",
+        "lab-admins",
+        _docker_name,
+        "JupyterHub group whose members get the `lab-admin` role: quotas, groups, every server; not full admin.",
+    ),
+    Setting(
+        "GPUHUB_TOKEN_MAX_AGE",
+        "2592000",
+        _positive,
+        "Longest lifetime in seconds of an API token a user creates (default 30 days).",
     ),
     Setting("GPUHUB_NOTEBOOK_IMAGE", "gpuhub/notebook:latest", _image, "The notebook image user servers run."),
     Setting(
@@ -243,17 +365,24 @@ def load(environ: Mapping[str, str]) -> dict[str, Any]:
     """Parse every setting from `environ`; raise SettingsError naming the first bad one."""
     values: dict[str, Any] = {}
     for setting in SETTINGS:
+        if setting.modes and values["GPUHUB_AUTH"] not in setting.modes:
+            values[setting.name] = None  # not used by this sign-in mode
+            continue
         raw = environ.get(setting.name)
         if raw is None or (raw == "" and setting.default is None):
             if setting.default is None:
-                raise SettingsError(f"{setting.name} is not set: {setting.help}")
+                mode = f" (needed for GPUHUB_AUTH={values['GPUHUB_AUTH']})" if setting.modes else ""
+                raise SettingsError(f"{setting.name} is not set{mode}: {setting.help}")
             raw = setting.default
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as e:
             shown = "(hidden)" if setting.secret else repr(raw)
             raise SettingsError(f"{setting.name}={shown} is invalid: {e}") from None
-    if values["GPUHUB_SHARED_PASSWORD"] == values["GPUHUB_ADMIN_PASSWORD"]:
+    if (
+        values["GPUHUB_AUTH"] == "shared-password"
+        and values["GPUHUB_SHARED_PASSWORD"] == values["GPUHUB_ADMIN_PASSWORD"]
+    ):
         raise SettingsError("GPUHUB_ADMIN_PASSWORD must differ from GPUHUB_SHARED_PASSWORD")
     return values
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -63,8 +64,8 @@ def browser_page(chromium, request):
     context.close()
 
 
-def sign_in_with_password(page, hub_url: str, username: str, password: str) -> None:
-    page.goto(f"{hub_url}/hub/login")
+def sign_in_with_password(page, hub_url: str, username: str, password: str, next_path: str = "") -> None:
+    page.goto(f"{hub_url}/hub/login" + (f"?next={quote(next_path, safe='')}" if next_path else ""))
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("[type=submit]")

@@ -9,6 +9,14 @@ from .browser import browser_page, chromium  # noqa: F401 - fixtures
 from .hub import TEST_HUB_ID, Hub, ensure_network
 
 USER_PREFIX = "gpuhubt-"  # test users; their home volumes are removed after the tests
+DENIED: list[str] = []  # cross-user and privilege attempts the tests saw refused
+
+
+def pytest_terminal_summary(terminalreporter):
+    if DENIED:
+        terminalreporter.section(f"cross-user and privilege attempts denied: {len(DENIED)}")
+        for line in DENIED:
+            terminalreporter.write_line(f"  denied: {line}")
 
 
 def pytest_collection_modifyitems(items):

@@ -24,6 +24,7 @@ TEST_PREFIX = "gpuhubtest"
 TEST_NETWORK = "gpuhub-test-users"
 TEST_SUBNET = "10.231.0.0/24"
 TEST_GATEWAY = "10.231.0.1"
+TEST_BRIDGE = "gpuhubtest0"
 SHARED_PASSWORD = "student-password"
 ADMIN_PASSWORD = "admin-password-" + "x" * 32
 
@@ -43,14 +44,14 @@ c.JupyterHub.load_roles = list(c.JupyterHub.load_roles or []) + [
 
 
 def ensure_network(client) -> str:
-    """The test hubs' user network, with a fixed gateway the containers reach the hub at."""
-    import docker
-
-    try:
-        client.networks.get(TEST_NETWORK)
-    except docker.errors.NotFound:
-        pool = docker.types.IPAMPool(subnet=TEST_SUBNET, gateway=TEST_GATEWAY)
-        client.networks.create(TEST_NETWORK, driver="bridge", ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+    """The test hubs' user network, made by the product's own script (no inter-container
+    traffic, no metadata address), with a fixed gateway the containers reach the hub at."""
+    subprocess.run(
+        [str(ROOT / "scripts" / "user-network.sh"), TEST_NETWORK, TEST_SUBNET, TEST_BRIDGE],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return TEST_NETWORK
 
 

@@ -1,0 +1,227 @@
+"""Tokens, roles and cross-user attempts against a real hub. Every attempt that must be
+refused is recorded with `denied()`; the run's summary counts them (conftest)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from .browser import sign_in_with_password, wait_for_lab
+from .conftest import DENIED
+from .hub import SHARED_PASSWORD
+
+STUDENT, OTHER = "gpuhubt-tok1", "gpuhubt-tok2"
+
+
+def denied(what: str, response: requests.Response, codes=(403, 404)) -> None:
+    assert response.status_code in codes, f"{what}: got {response.status_code} {response.text[:200]}"
+    DENIED.append(f"{what} -> {response.status_code}")
+
+
+def as_token(token: str):
+    s = requests.Session()
+    s.headers["Authorization"] = f"token {token}"
+    return s
+
+
+def token_for(hub, user: str, **body) -> str:
+    r = hub.api("POST", f"/users/{user}/tokens", json={"note": "test", **body})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+@pytest.fixture(scope="module")
+def two_students(hub):
+    hub.api("POST", "/users", json={"usernames": [STUDENT, OTHER]})
+    hub.start_server(OTHER)
+    hub.wait_ready(OTHER)
+    yield
+    for user in (STUDENT, OTHER):
+        if hub.user_model(user)["servers"]:
+            hub.stop_server(user)
+
+
+def test_a_token_from_the_token_page_drives_the_students_own_server_and_nothing_else(hub, browser_page, two_students):
+    page = browser_page
+    sign_in_with_password(page, hub.url, STUDENT, SHARED_PASSWORD, next_path="/hub/token")
+    page.wait_for_url("**/hub/token")
+    page.fill("#token-note", "training script")
+    page.click("text=Request new API token")
+    page.wait_for_function("document.querySelector('#token-result').textContent.trim().length > 0")
+    token = page.inner_text("#token-result").strip()
+    assert len(token) >= 32
+    api = as_token(token)
+    hub_api = f"{hub.url}/hub/api"
+
+    r = api.post(f"{hub_api}/users/{STUDENT}/server", json={})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready(STUDENT)
+    r = api.get(f"{hub.url}/user/{STUDENT}/api/contents", timeout=30)
+    assert r.status_code == 200 and r.json()["type"] == "directory"
+
+    denied("student token -> another user's server through the proxy", api.get(f"{hub.url}/user/{OTHER}/api/contents"))
+    denied("student token -> start another user's server", api.post(f"{hub_api}/users/{OTHER}/server", json={}))
+    denied("student token -> stop another user's server", api.delete(f"{hub_api}/users/{OTHER}/server"))
+    denied("student token -> another user's model", api.get(f"{hub_api}/users/{OTHER}"))
+    hub.api("POST", "/groups/students")
+    denied(
+        "student token -> group properties (quotas)",
+        api.put(f"{hub_api}/groups/students/properties", json={"gpuhub": {"max_devices": 8}}),
+    )
+    denied("student token -> admin: list users", api.get(f"{hub_api}/users"))
+    denied("student token -> admin: make self admin", api.patch(f"{hub_api}/users/{STUDENT}", json={"admin": True}))
+    denied("student token -> admin: proxy routes", api.get(f"{hub_api}/proxy"))
+    denied("student token -> metrics", api.get(f"{hub.url}/hub/metrics"))
+
+    r = api.delete(f"{hub_api}/users/{STUDENT}/server")
+    assert r.status_code in (202, 204), r.text
+
+
+def test_tokens_expire_and_their_lifetime_is_capped(hub, two_students):
+    short = token_for(hub, STUDENT, expires_in=1)
+    assert requests.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {short}"}).ok
+    time.sleep(2.5)
+    denied(
+        "expired token -> whoami",
+        requests.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {short}"}),
+        codes=(403,),
+    )
+    r = hub.api("POST", f"/users/{STUDENT}/tokens", json={"expires_in": 10 * 365 * 86400})
+    assert r.status_code == 400 and "expires_in" in r.text
+
+
+def test_metrics_need_their_scope(hub):
+    denied("anonymous -> metrics", requests.get(f"{hub.url}/hub/metrics"))
+    assert hub.api("GET", "/users").ok
+    assert requests.get(f"{hub.url}/hub/metrics", headers={"Authorization": f"token {hub.token}"}).status_code == 200
+
+
+def test_forms_without_the_xsrf_token_are_refused(hub, two_students):
+    s = requests.Session()
+    s.get(f"{hub.url}/hub/login")
+    r = s.post(f"{hub.url}/hub/login", data={"username": STUDENT, "password": SHARED_PASSWORD}, allow_redirects=False)
+    denied("login form without _xsrf", r, codes=(403,))
+
+
+def test_a_lab_admin_manages_groups_and_servers_but_is_not_a_hub_admin(hub, two_students):
+    hub.api("POST", "/users", json={"usernames": ["gpuhubt-labadm"]})
+    r = hub.api("POST", "/groups/lab-admins/users", json={"users": ["gpuhubt-labadm"]})
+    assert r.ok, r.text
+    api = as_token(token_for(hub, "gpuhubt-labadm"))
+    base = f"{hub.url}/hub/api"
+    hub.api("POST", "/groups/students")
+    assert api.put(f"{base}/groups/students/properties", json={"gpuhub": {"max_devices": 1}}).ok
+    assert api.post(f"{base}/groups/students/users", json={"users": [OTHER]}).ok
+    assert {u["name"] for u in api.get(f"{base}/users").json()} >= {STUDENT, OTHER}
+    assert api.get(f"{hub.url}/hub/metrics").status_code == 200
+    assert api.get(f"{hub.url}/user/{OTHER}/api/contents").status_code == 200
+    denied("lab admin -> create users", api.post(f"{base}/users", json={"usernames": ["gpuhubt-new"]}))
+    denied("lab admin -> make someone hub admin", api.patch(f"{base}/users/{OTHER}", json={"admin": True}))
+    denied("lab admin -> another user's tokens", api.get(f"{base}/users/{OTHER}/tokens"))
+    denied("lab admin -> proxy routes", api.get(f"{base}/proxy"))
+
+
+def test_an_instructor_sees_their_course_members_servers_and_nothing_else(make_hub, browser_page):
+    hub = make_hub().start()
+    teacher, pupil, outsider = "gpuhubt-teach", "gpuhubt-pupil", "gpuhubt-outsid"
+    hub.api("POST", "/users", json={"usernames": [teacher, pupil, outsider]})
+    hub.api("POST", "/groups/course-ml201", json={"users": [pupil]})
+    course = {"title": "ML 201", "instructors": [teacher], "source": {"volume": True}}
+    assert hub.api("PUT", "/groups/course-ml201/properties", json={"gpuhub.course": course}).ok
+    hub.stop()
+    hub.start()  # instructor roles follow the courses at hub start
+    for user in (pupil, outsider):
+        hub.start_server(user)
+    for user in (pupil, outsider):
+        hub.wait_ready(user)
+    api = as_token(token_for(hub, teacher))
+    base = f"{hub.url}/hub/api"
+    assert api.get(f"{base}/users/{pupil}").json()["servers"][""]["ready"] is True
+    # In class: the instructor opens the student's JupyterLab in their own browser.
+    sign_in_with_password(browser_page, hub.url, teacher, SHARED_PASSWORD, next_path=f"/user/{pupil}/lab")
+    # JupyterHub asks before letting anyone into a server that is not their own.
+    browser_page.get_by_role("button", name="Authorize").click()
+    wait_for_lab(browser_page, pupil)
+    # From a script: a token narrowed to one student's server (single-user servers cannot resolve
+    # group filters themselves; the hub checks the narrowing against the course when issuing it).
+    narrowed = token_for(hub, teacher, scopes=[f"access:servers!user={pupil}"])
+    assert as_token(narrowed).get(f"{hub.url}/user/{pupil}/api/contents").status_code == 200
+    r = hub.api("POST", f"/users/{teacher}/tokens", json={"scopes": [f"access:servers!user={outsider}"]})
+    denied("instructor -> a token for a server outside the course", r, codes=(400, 403))
+    denied("instructor -> a user outside the course", api.get(f"{base}/users/{outsider}"))
+    denied("instructor -> a server outside the course", api.get(f"{hub.url}/user/{outsider}/api/contents"))
+    denied(
+        "instructor -> enrol someone (would reach their server)",
+        api.post(f"{base}/groups/course-ml201/users", json={"users": [outsider]}),
+    )
+    denied(
+        "instructor -> course group properties (quotas)",
+        api.put(f"{base}/groups/course-ml201/properties", json={"gpuhub": {"max_devices": 8}}),
+    )
+    assert api.delete(f"{base}/users/{pupil}/server").status_code in (202, 204)  # help: restart a stuck server
+    hub.stop_server(outsider)
+
+
+PROBE = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('open')\n"
+    "except OSError as e:\n"
+    "    print('closed', type(e).__name__)\n"
+)
+
+
+def probe(container, host: str, port: int) -> str:
+    code, out = container.exec_run(["python3", "-c", PROBE, host, str(port)], user="1000:100")
+    return out.decode().strip()
+
+
+@pytest.fixture
+def metadata_server():
+    """A stand-in cloud metadata service on this host at 169.254.169.254:80 (as root)."""
+    import http.server
+    import os
+    import subprocess
+    import threading
+
+    if os.geteuid() != 0:
+        pytest.fail("the metadata test adds 169.254.169.254 to lo and needs root (CI runs as root)")
+    added = (
+        subprocess.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], capture_output=True).returncode == 0
+    )
+    server = http.server.HTTPServer(("169.254.169.254", 80), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield
+    server.shutdown()
+    server.server_close()
+    if added:
+        subprocess.run(["ip", "addr", "del", "169.254.169.254/32", "dev", "lo"], capture_output=True)
+
+
+def refused(what: str, result: str) -> None:
+    assert result.startswith("closed"), f"{what}: {result}"
+    DENIED.append(f"{what} -> {result}")
+
+
+def test_user_containers_reach_the_hub_but_not_each_other_the_proxy_api_or_metadata(
+    hub, docker_client, two_students, metadata_server
+):
+    from .hub import TEST_GATEWAY, TEST_HUB_ID, TEST_NETWORK
+
+    hub.start_server(STUDENT)
+    hub.wait_ready(STUDENT)
+
+    def container(user):
+        return docker_client.containers.list(filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={user}"]})[0]
+
+    mine, theirs = container(STUDENT), container(OTHER)
+    their_ip = theirs.attrs["NetworkSettings"]["Networks"][TEST_NETWORK]["IPAddress"]
+    assert requests.get("http://169.254.169.254/", timeout=5).ok  # the host itself reaches it
+    assert probe(mine, TEST_GATEWAY, int(hub.env["GPUHUB_HUB_PORT"])) == "open"  # the hub's API: needed
+    refused("user container -> another user's server by container IP", probe(mine, their_ip, 8888))
+    refused("user container -> the proxy's REST API", probe(mine, TEST_GATEWAY, int(hub.env["GPUHUB_PROXY_API_PORT"])))
+    refused("user container -> metadata address 169.254.169.254", probe(mine, "169.254.169.254", 80))
+    # and the hub still reaches both servers through the proxy
+    assert hub.api("GET", f"/users/{OTHER}").json()["servers"][""]["ready"] is True
