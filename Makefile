@@ -22,7 +22,8 @@ TORCH_WHEELHOUSE ?= $(firstword $(PIP_FIND_LINKS) /opt/wheels)
 EXTRA_CA_CERT ?= $(firstword $(PIP_CERT) $(SSL_CERT_FILE))
 PYTEST_ARGS ?=
 # The user network (no traffic between user containers) and the hub's fixed address on it.
-USER_SUBNET ?= 10.213.0.0/24
+USER_SUBNET ?= 10.213.0.0/16
+USER_IP_RANGE ?= 10.213.128.0/17
 HUB_IP ?= 10.213.0.2
 
 .PHONY: help up down restart logs images test-images test unit lint bench dev-deps build-context clean-build lock readme
@@ -61,7 +62,7 @@ images: build-context
 	@scripts/make-env.sh .env.example .env
 
 up: .env images
-	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP)
+	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP) $(USER_IP_RANGE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d hub
 	@scripts/wait-and-greet.sh .env
 
@@ -70,6 +71,7 @@ down:
 
 # Restart the hub (user servers keep running); new courses' instructor roles take effect.
 restart:
+	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP) $(USER_IP_RANGE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub
 	@scripts/wait-and-greet.sh .env
 

@@ -43,18 +43,24 @@ c.JupyterHub.named_server_limit_per_user = 5
 # --- Access: tokens, metrics, roles ---------------------------------------------------------
 c.JupyterHub.token_expires_in_max_seconds = s["GPUHUB_TOKEN_MAX_AGE"]
 c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs the read:metrics scope
-c.JupyterHub.load_roles = [roles.lab_admin_role(s["GPUHUB_LAB_ADMIN_GROUP"])]
-# Instructor roles follow the courses in the database; a new course's instructors get theirs
-# at the next hub restart (`make restart`; user servers keep running).
-try:
-    _courses, _users, _groups = roles.read_courses(c.JupyterHub.db_url)
-except Exception as e:  # the hub reports an unreachable database itself, at greater length
-    print(f"gpuhub: could not read courses for instructor roles: {type(e).__name__}", file=sys.stderr)
-    _courses, _users, _groups = {}, set(), set()
-_instructor_roles, _problems = roles.instructor_roles(_courses, _users, _groups)
-c.JupyterHub.load_roles.extend(_instructor_roles)
-for _problem in _problems:
-    print(f"gpuhub: course ignored for instructor roles: {_problem}", file=sys.stderr)
+c.JupyterHub.load_roles = []
+if s["GPUHUB_AUTH"] == "shared-password":
+    # Anyone with the shared password may pick any name, so a role given by name would be
+    # anyone's: lab-admin and instructor roles need a real identity (oidc or github).
+    print("gpuhub: shared-password mode: lab-admin and instructor roles are off (use oidc or github)", file=sys.stderr)
+else:
+    c.JupyterHub.load_roles.append(roles.lab_admin_role(s["GPUHUB_LAB_ADMIN_GROUP"]))
+    # Instructor roles follow the courses in the database; a new course's instructors get
+    # theirs at the next hub restart (`make restart`; user servers keep running).
+    try:
+        _courses, _users, _groups = roles.read_courses(c.JupyterHub.db_url)
+    except Exception as e:  # the hub reports an unreachable database itself, at greater length
+        print(f"gpuhub: could not read courses for instructor roles: {type(e).__name__}", file=sys.stderr)
+        _courses, _users, _groups = {}, set(), set()
+    _instructor_roles, _problems = roles.instructor_roles(_courses, _users, _groups)
+    c.JupyterHub.load_roles.extend(_instructor_roles)
+    for _problem in _problems:
+        print(f"gpuhub: course ignored for instructor roles: {_problem}", file=sys.stderr)
 
 # --- User servers ----------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"

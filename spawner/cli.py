@@ -204,7 +204,7 @@ def cmd_ssh_config(hub: Hub, a) -> str:
         raise CLIError(f"{a.server!r} is not a valid server name")
     scheme = "wss" if hub.url.startswith("https://") else "ws"
     host = hub.url.split("://", 1)[1]
-    path = f"/user/{quote(user)}/{quote(a.server) + '/' if a.server else ''}sshd/"
+    path = f"/user/{quote(user, safe='@~')}/{quote(a.server, safe='@~') + '/' if a.server else ''}sshd/"
     alias = a.host or f"gpuhub-{user}" + (f"-{a.server}" if a.server else "")
     return "\n".join(
         [

@@ -157,6 +157,13 @@ def _scopes(text: str) -> list[str]:
     return scopes
 
 
+def _group(text: str) -> str:
+    groups = _groups(text)
+    if len(groups) != 1:
+        raise ValueError("must be exactly one group name")
+    return groups[0]
+
+
 def _claim(text: str) -> str:
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_.:-]*$", text):
         raise ValueError("must be a claim name such as preferred_username")
@@ -286,8 +293,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GPUHUB_LAB_ADMIN_GROUP",
         "lab-admins",
-        _docker_name,
-        "JupyterHub group whose members get the `lab-admin` role: quotas, groups, every server; not full admin.",
+        _group,
+        "OAuth modes: the group (as the provider names it; GitHub: `org:team`) whose members get the "
+        "`lab-admin` role: quotas, groups, every server; not full admin.",
+        modes=OAUTH_MODES,
     ),
     Setting(
         "GPUHUB_TOKEN_MAX_AGE",
@@ -379,6 +388,12 @@ def load(environ: Mapping[str, str]) -> dict[str, Any]:
         except ValueError as e:
             shown = "(hidden)" if setting.secret else repr(raw)
             raise SettingsError(f"{setting.name}={shown} is invalid: {e}") from None
+    if values["GPUHUB_AUTH"] in OAUTH_MODES and values["GPUHUB_ADMIN_USERS"] == ["admin"]:
+        raise SettingsError(
+            "GPUHUB_ADMIN_USERS=admin is the shared-password quickstart's admin; with "
+            f"GPUHUB_AUTH={values['GPUHUB_AUTH']} anyone the provider calls 'admin' would be hub admin: "
+            "name real accounts or leave it empty and use GPUHUB_ADMIN_GROUPS"
+        )
     if (
         values["GPUHUB_AUTH"] == "shared-password"
         and values["GPUHUB_SHARED_PASSWORD"] == values["GPUHUB_ADMIN_PASSWORD"]

@@ -29,6 +29,8 @@ def discover(issuer: str, timeout: float = 10) -> dict[str, Any]:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise SignInError(f"GPUHUB_OIDC_ISSUER={issuer!r}: cannot read {url} ({reason})") from None
+    if not isinstance(doc, dict):
+        raise SignInError(f"GPUHUB_OIDC_ISSUER={issuer!r}: {url} is not an OpenID configuration object")
     missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint") if not doc.get(k)]
     if missing:
         raise SignInError(f"GPUHUB_OIDC_ISSUER={issuer!r}: {url} lacks {', '.join(missing)}")
@@ -43,7 +45,14 @@ def persisted_key(path: str) -> bytes:
             f.write(secrets.token_hex(32))
     os.chmod(path, 0o600)
     with open(path) as f:
-        return bytes.fromhex(f.read().strip())
+        text = f.read().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise SignInError(f"{path} is not a 64-hex-digit key; restore it from backup (auth state needs the old key)")
+    return key
 
 
 def github_groups(auth_state: dict) -> list[str]:
@@ -69,6 +78,8 @@ def configure(c, s: dict[str, Any], data_dir: str) -> None:
     c.OAuthenticator.client_secret = s["GPUHUB_OAUTH_CLIENT_SECRET"]
     c.OAuthenticator.oauth_callback_url = f"{s['GPUHUB_PUBLIC_URL']}/hub/oauth_callback"
     c.OAuthenticator.manage_groups = True
+    # Leaving the allowed groups at the provider locks the account out here too.
+    c.OAuthenticator.allow_existing_users = False
     c.OAuthenticator.admin_groups = set(s["GPUHUB_ADMIN_GROUPS"])
     # Tokens of the provider are kept (encrypted) for the user's session, e.g. for refresh.
     c.Authenticator.enable_auth_state = True

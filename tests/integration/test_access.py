@@ -11,6 +11,7 @@ import requests
 from .browser import sign_in_with_password, wait_for_lab
 from .conftest import DENIED
 from .hub import SHARED_PASSWORD
+from .oidc import oidc_hub, sign_in_at_provider
 
 STUDENT, OTHER = "gpuhubt-tok1", "gpuhubt-tok2"
 
@@ -105,63 +106,94 @@ def test_forms_without_the_xsrf_token_are_refused(hub, two_students):
     denied("login form without _xsrf", r, codes=(403,))
 
 
-def test_a_lab_admin_manages_groups_and_servers_but_is_not_a_hub_admin(hub, two_students):
-    hub.api("POST", "/users", json={"usernames": ["gpuhubt-labadm"]})
-    r = hub.api("POST", "/groups/lab-admins/users", json={"users": ["gpuhubt-labadm"]})
-    assert r.ok, r.text
-    api = as_token(token_for(hub, "gpuhubt-labadm"))
-    base = f"{hub.url}/hub/api"
-    hub.api("POST", "/groups/students")
-    assert api.put(f"{base}/groups/students/properties", json={"gpuhub": {"max_devices": 1}}).ok
-    assert api.post(f"{base}/groups/students/users", json={"users": [OTHER]}).ok
-    assert {u["name"] for u in api.get(f"{base}/users").json()} >= {STUDENT, OTHER}
-    assert api.get(f"{hub.url}/hub/metrics").status_code == 200
-    assert api.get(f"{hub.url}/user/{OTHER}/api/contents").status_code == 200
-    denied("lab admin -> create users", api.post(f"{base}/users", json={"usernames": ["gpuhubt-new"]}))
-    denied("lab admin -> make someone hub admin", api.patch(f"{base}/users/{OTHER}", json={"admin": True}))
-    denied("lab admin -> another user's tokens", api.get(f"{base}/users/{OTHER}/tokens"))
-    denied("lab admin -> proxy routes", api.get(f"{base}/proxy"))
-
-
-def test_an_instructor_sees_their_course_members_servers_and_nothing_else(make_hub, browser_page):
-    hub = make_hub().start()
-    teacher, pupil, outsider = "gpuhubt-teach", "gpuhubt-pupil", "gpuhubt-outsid"
-    hub.api("POST", "/users", json={"usernames": [teacher, pupil, outsider]})
-    hub.api("POST", "/groups/course-ml201", json={"users": [pupil]})
-    course = {"title": "ML 201", "instructors": [teacher], "source": {"volume": True}}
+@pytest.fixture(scope="module")
+def staff_hub(tmp_path_factory, test_image, test_network, chp_on_path):
+    """An `oidc`-mode hub (staff roles need real identities) with a lab admin, a course with its
+    instructor, a student in it and one outside; restarted once so the instructor role exists."""
+    hub, provider = oidc_hub(tmp_path_factory.mktemp("staff"), test_image)
+    hub.start()
+    hub.api("POST", "/users", json={"usernames": [LAB_ADMIN, TEACHER, PUPIL, OUTSIDER]})
+    assert hub.api("POST", "/groups/lab-admins/users", json={"users": [LAB_ADMIN]}).ok
+    hub.api("POST", "/groups/course-ml201", json={"users": [PUPIL]})
+    course = {"title": "ML 201", "instructors": [TEACHER], "source": {"volume": True}}
     assert hub.api("PUT", "/groups/course-ml201/properties", json={"gpuhub.course": course}).ok
     hub.stop()
     hub.start()  # instructor roles follow the courses at hub start
-    for user in (pupil, outsider):
+    for user in (PUPIL, OUTSIDER):
         hub.start_server(user)
-    for user in (pupil, outsider):
+    for user in (PUPIL, OUTSIDER):
         hub.wait_ready(user)
-    api = as_token(token_for(hub, teacher))
+    yield hub
+    for user in (PUPIL, OUTSIDER):
+        if hub.user_model(user)["servers"]:
+            hub.stop_server(user)
+    hub.stop()
+    provider.stop()
+
+
+LAB_ADMIN, TEACHER, PUPIL, OUTSIDER = "gpuhubt-labadm", "gpuhubt-teach", "gpuhubt-pupil", "gpuhubt-outsid"
+
+
+def test_a_lab_admin_manages_groups_and_servers_but_is_not_a_hub_admin(staff_hub):
+    hub = staff_hub
+    api = as_token(token_for(hub, LAB_ADMIN))
     base = f"{hub.url}/hub/api"
-    assert api.get(f"{base}/users/{pupil}").json()["servers"][""]["ready"] is True
-    # In class: the instructor opens the student's JupyterLab in their own browser.
-    sign_in_with_password(browser_page, hub.url, teacher, SHARED_PASSWORD, next_path=f"/user/{pupil}/lab")
+    assert api.post(f"{base}/groups/students").status_code in (201, 409)
+    assert api.put(f"{base}/groups/students/properties", json={"gpuhub": {"max_devices": 1}}).ok
+    assert api.post(f"{base}/groups/students/users", json={"users": [OUTSIDER]}).ok
+    assert {u["name"] for u in api.get(f"{base}/users").json()} >= {PUPIL, OUTSIDER}
+    assert api.get(f"{hub.url}/hub/metrics").status_code == 200
+    assert api.get(f"{hub.url}/user/{OUTSIDER}/api/contents").status_code == 200
+    denied("lab admin -> create users", api.post(f"{base}/users", json={"usernames": ["gpuhubt-new"]}))
+    denied("lab admin -> make someone hub admin", api.patch(f"{base}/users/{OUTSIDER}", json={"admin": True}))
+    denied("lab admin -> another user's tokens", api.get(f"{base}/users/{OUTSIDER}/tokens"))
+    denied("lab admin -> make a token for another user", api.post(f"{base}/users/{OUTSIDER}/tokens", json={}))
+    denied("lab admin -> proxy routes", api.get(f"{base}/proxy"))
+
+
+def test_an_instructor_sees_their_course_members_servers_and_nothing_else(staff_hub, browser_page):
+    hub = staff_hub
+    api = as_token(token_for(hub, TEACHER))
+    base = f"{hub.url}/hub/api"
+    assert api.get(f"{base}/users/{PUPIL}").json()["servers"][""]["ready"] is True
+    # In class: the instructor signs in and opens the student's JupyterLab in their own browser.
+    sign_in_at_provider(browser_page, hub.url, TEACHER, next_path=f"/user/{PUPIL}/lab")
     # JupyterHub asks before letting anyone into a server that is not their own.
     browser_page.get_by_role("button", name="Authorize").click()
-    wait_for_lab(browser_page, pupil)
+    wait_for_lab(browser_page, PUPIL)
     # From a script: a token narrowed to one student's server (single-user servers cannot resolve
     # group filters themselves; the hub checks the narrowing against the course when issuing it).
-    narrowed = token_for(hub, teacher, scopes=[f"access:servers!user={pupil}"])
-    assert as_token(narrowed).get(f"{hub.url}/user/{pupil}/api/contents").status_code == 200
-    r = hub.api("POST", f"/users/{teacher}/tokens", json={"scopes": [f"access:servers!user={outsider}"]})
+    narrowed = token_for(hub, TEACHER, scopes=[f"access:servers!user={PUPIL}"])
+    assert as_token(narrowed).get(f"{hub.url}/user/{PUPIL}/api/contents").status_code == 200
+    r = hub.api("POST", f"/users/{TEACHER}/tokens", json={"scopes": [f"access:servers!user={OUTSIDER}"]})
     denied("instructor -> a token for a server outside the course", r, codes=(400, 403))
-    denied("instructor -> a user outside the course", api.get(f"{base}/users/{outsider}"))
-    denied("instructor -> a server outside the course", api.get(f"{hub.url}/user/{outsider}/api/contents"))
+    denied("instructor -> a user outside the course", api.get(f"{base}/users/{OUTSIDER}"))
+    denied("instructor -> a server outside the course", api.get(f"{hub.url}/user/{OUTSIDER}/api/contents"))
     denied(
         "instructor -> enrol someone (would reach their server)",
-        api.post(f"{base}/groups/course-ml201/users", json={"users": [outsider]}),
+        api.post(f"{base}/groups/course-ml201/users", json={"users": [OUTSIDER]}),
     )
     denied(
         "instructor -> course group properties (quotas)",
         api.put(f"{base}/groups/course-ml201/properties", json={"gpuhub": {"max_devices": 8}}),
     )
-    assert api.delete(f"{base}/users/{pupil}/server").status_code in (202, 204)  # help: restart a stuck server
-    hub.stop_server(outsider)
+    assert api.delete(f"{base}/users/{PUPIL}/server").status_code in (202, 204)  # help: restart a stuck server
+
+
+def test_with_a_shared_password_a_name_in_lab_admins_gets_no_staff_rights(hub, two_students):
+    # Anyone with the shared password may sign in under any name, so no role is given by name or group.
+    hub.api("POST", "/groups/lab-admins")
+    hub.api("POST", "/groups/students")
+    hub.api("POST", "/users", json={"usernames": ["gpuhubt-fakeadm"]})
+    assert hub.api("POST", "/groups/lab-admins/users", json={"users": ["gpuhubt-fakeadm"]}).ok
+    api = as_token(token_for(hub, "gpuhubt-fakeadm"))
+    base = f"{hub.url}/hub/api"
+    denied(
+        "shared-password 'lab admin' -> group properties",
+        api.put(f"{base}/groups/students/properties", json={"gpuhub": {}}),
+    )
+    denied("shared-password 'lab admin' -> list users", api.get(f"{base}/users"))
+    denied("shared-password 'lab admin' -> another user's server", api.get(f"{hub.url}/user/{OTHER}/api/contents"))
 
 
 PROBE = (

@@ -88,5 +88,6 @@ def test_openssh_reaches_the_users_own_server_with_their_token_only(hub, docker_
     for who, bad in (("another user's token", other), ("a made-up token", "0" * 32)):
         result = ssh(config, bad, "id -u")
         assert result.returncode != 0 and "1000" not in result.stdout, result.stdout
+        assert "403 Forbidden" in result.stderr, result.stderr  # refused at the proxy, not by chance
         DENIED.append(f"ssh with {who} -> exit {result.returncode}")
     hub.stop_server(username)

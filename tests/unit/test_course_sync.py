@@ -73,3 +73,16 @@ def test_the_manifest_records_what_was_delivered(dirs):
     source, target, manifest = dirs
     course_sync.copy_course(source, target, manifest)
     assert set(json.loads(manifest.read_text())) == {"syllabus.md", "week1/lecture1.ipynb"}
+
+
+def test_a_file_where_the_course_folder_should_be_is_reported_and_other_courses_still_sync(tmp_path, monkeypatch):
+    monkeypatch.setattr(course_sync, "HOME", tmp_path)
+    monkeypatch.setattr(course_sync, "STAGING", tmp_path / "staging")
+    (tmp_path / "staging" / "good").mkdir(parents=True)
+    (tmp_path / "staging" / "good" / "a.ipynb").write_text("a")
+    (tmp_path / "courses").mkdir()
+    (tmp_path / "courses" / "blocked").write_text("a student's file")
+    failures = course_sync.run([{"name": "blocked", "volume": True}, {"name": "good", "volume": True}])
+    assert failures == 1
+    assert (tmp_path / "courses" / "blocked").read_text() == "a student's file"
+    assert (tmp_path / "courses" / "good" / "a.ipynb").read_text() == "a"

@@ -10,6 +10,7 @@ from spawner import settings, signin
 
 BASE = {"GPUHUB_SHARED_PASSWORD": "student-pass", "GPUHUB_ADMIN_PASSWORD": "a" * 32}
 OAUTH = {
+    "GPUHUB_ADMIN_USERS": "",
     "GPUHUB_PUBLIC_URL": "https://gpu.example.edu/",
     "GPUHUB_OAUTH_CLIENT_ID": "gpuhub",
     "GPUHUB_OAUTH_CLIENT_SECRET": "s3cret",
@@ -30,7 +31,12 @@ def discovery():
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            body = json.dumps(doc if self.path.startswith("/good/") else {"issuer": "x"}).encode()
+            if self.path.startswith("/good/"):
+                body = json.dumps(doc).encode()
+            elif self.path.startswith("/list/"):
+                body = b"[1, 2]"
+            else:
+                body = json.dumps({"issuer": "x"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -96,10 +102,19 @@ def test_an_unusable_issuer_is_one_line_naming_the_setting(discovery):
         signin.discover("http://127.0.0.1:1", timeout=2)
 
 
-def test_github_teams_become_org_colon_team_groups():
-    s = settings.load({"GPUHUB_AUTH": "github", **OAUTH, "GPUHUB_ALLOWED_GROUPS": "uni-lab,uni:ml-101"})
+def test_github_teams_become_org_colon_team_groups(tmp_path):
+    s = settings.load(
+        {
+            "GPUHUB_AUTH": "github",
+            **OAUTH,
+            "GPUHUB_ALLOWED_GROUPS": "uni-lab,uni:ml-101",
+            "GPUHUB_LAB_ADMIN_GROUP": "uni:hpc",
+        }
+    )
+    assert s["GPUHUB_LAB_ADMIN_GROUP"] == "uni:hpc"
     c = Config()
-    signin.configure(c, s, "/tmp")
+    signin.configure(c, s, str(tmp_path))
+    assert c.OAuthenticator.allow_existing_users is False
     assert c.GitHubOAuthenticator.allowed_organizations == {"uni-lab", "uni:ml-101"}
     teams = {
         "teams": [
@@ -108,3 +123,24 @@ def test_github_teams_become_org_colon_team_groups():
         ]
     }
     assert c.GitHubOAuthenticator.auth_state_groups_key(teams) == ["uni:ml-101", "uni:tas"]
+
+
+def test_the_quickstart_admin_name_is_refused_in_oauth_modes():
+    with pytest.raises(settings.SettingsError, match=r"^GPUHUB_ADMIN_USERS=admin is the shared-password quickstart"):
+        settings.load({"GPUHUB_AUTH": "github", **OAUTH, "GPUHUB_ADMIN_USERS": "admin"})
+    assert settings.load({"GPUHUB_AUTH": "github", **OAUTH, "GPUHUB_ADMIN_USERS": "prof-x"})["GPUHUB_ADMIN_USERS"] == [
+        "prof-x"
+    ]
+
+
+def test_a_damaged_key_file_is_one_line_not_a_new_key(tmp_path):
+    key = tmp_path / "jupyterhub_crypt_key"
+    key.write_text("not hex")
+    with pytest.raises(signin.SignInError, match=r"is not a 64-hex-digit key"):
+        signin.persisted_key(str(key))
+    assert key.read_text() == "not hex"
+
+
+def test_a_discovery_document_that_is_not_an_object_is_named(discovery):
+    with pytest.raises(signin.SignInError, match=r"is not an OpenID configuration object"):
+        signin.discover(f"{discovery}/list")

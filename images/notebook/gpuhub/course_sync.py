@@ -107,11 +107,11 @@ def pull_git(url: str, branch: str, target: Path, timeout: int) -> str:
 def run(tasks: list[dict], timeout: int = 120) -> int:
     failures = 0
     for task in tasks:
-        name = task["name"]
+        name = str(task.get("name", "?"))
         target = HOME / "courses" / name
-        target.mkdir(parents=True, exist_ok=True)
         problem = target / PROBLEM
         try:
+            target.mkdir(parents=True, exist_ok=True)
             if task.get("git"):
                 result = pull_git(task["git"], task.get("branch", "main"), target, timeout)
                 say(name, f"git {result} from {task['git']} ({task.get('branch', 'main')})")
@@ -129,11 +129,14 @@ def run(tasks: list[dict], timeout: int = 120) -> int:
             failures += 1
             reason = (getattr(e, "stderr", "") or str(e)).strip().splitlines()[-1:] or [type(e).__name__]
             say(name, f"sync failed: {reason[0][:300]}")
-            target.mkdir(parents=True, exist_ok=True)  # a failed first clone leaves no folder
-            problem.write_text(
-                f"# Course material could not be updated\n\nAt this server start, bringing in `{name}` failed:\n\n"
-                f"    {reason[0][:300]}\n\nYour files are untouched. It is tried again at your next server start.\n"
-            )
+            try:
+                target.mkdir(parents=True, exist_ok=True)  # a failed first clone leaves no folder
+                problem.write_text(
+                    f"# Course material could not be updated\n\nAt this server start, bringing in `{name}` failed:\n\n"
+                    f"    {reason[0][:300]}\n\nYour files are untouched. It is tried again at your next server start.\n"
+                )
+            except OSError:  # e.g. a file where the course folder should be: the log line says enough
+                pass
     return failures
 
 
