@@ -8,7 +8,9 @@ url="http://localhost:$port"
 for _ in $(seq 1 120); do
   if python3 -c "import urllib.request,sys; urllib.request.urlopen('$url/hub/health', timeout=2)" 2>/dev/null; then
     host=$(hostname -f 2>/dev/null || hostname)
-    cat <<MSG
+    auth=$(get GPUHUB_AUTH); auth=${auth:-shared-password}
+    if [ "$auth" = shared-password ]; then
+      cat <<MSG
 
 gpuhub is up:  $url/   (from other machines: http://$host:$port/)
 
@@ -17,6 +19,16 @@ gpuhub is up:  $url/   (from other machines: http://$host:$port/)
 
 Passwords live in $envfile. Stop with 'make down' (homes and hub data are kept).
 MSG
+    else
+      cat <<MSG
+
+gpuhub is up:  $(get GPUHUB_PUBLIC_URL)/   (this host: $url/)
+
+  Sign in with $auth: members of $(get GPUHUB_ALLOWED_GROUPS) get in; $(get GPUHUB_ADMIN_GROUPS) are admins.
+
+Stop with 'make down' (homes and hub data are kept).
+MSG
+    fi
     exit 0
   fi
   sleep 1
