@@ -25,8 +25,6 @@ import requests
 
 from . import courses
 
-_USER = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
-
 
 class CLIError(Exception):
     pass
@@ -67,7 +65,7 @@ class Hub:
 
     def check_users(self, users: list[str]) -> None:
         for user in users:
-            if not _USER.match(user):
+            if not courses.USER_NAME.match(user):
                 raise CLIError(f"{user!r} is not a valid user name")
             if self.call("GET", f"/users/{user}", ok=(200, 404)).status_code == 404:
                 raise CLIError(f"unknown user {user!r}")

@@ -19,14 +19,14 @@ read-write at ~/courses-admin/<name>/.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 PROPERTY = "gpuhub.course"
 GROUP_PREFIX = "course-"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$")
-_USER = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 _GIT = re.compile(r"^(https?|git|ssh|file)://[^\s'\"`$;|&<>]+$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 KEYS = {"title", "instructors", "source", "data", "profile"}
@@ -97,9 +97,9 @@ def parse(group: str, value: Any) -> Course:
     if not isinstance(instructors, list):
         raise CourseError(f"{where}: instructors must be a list of user names or 'group:<name>'")
     for entry in instructors:
-        if isinstance(entry, str) and entry.startswith("group:") and _USER.match(entry[6:]):
+        if isinstance(entry, str) and entry.startswith("group:") and USER_NAME.match(entry[6:]):
             groups.append(entry[6:])
-        elif isinstance(entry, str) and _USER.match(entry):
+        elif isinstance(entry, str) and USER_NAME.match(entry):
             users.append(entry)
         else:
             raise CourseError(f"{where}: instructor {entry!r} is not a user name or 'group:<name>'")
@@ -133,13 +133,10 @@ class CoursePlan:
     profile: str | None = None  # the first course's default profile
 
 
-def plan(username: str, groups: Mapping[str, Mapping[str, Any]], member_of: Iterable[str]) -> CoursePlan:
-    """Course mounts and sync tasks for `username`.
-
-    `groups` maps each of the user's groups to its properties; `member_of` is the
-    names of all their groups (to recognise instructor groups).
-    """
-    member_of = set(member_of)
+def plan(username: str, groups: Mapping[str, Mapping[str, Any]]) -> CoursePlan:
+    """Course mounts and sync tasks for `username`; `groups` maps each of their groups to its properties
+    (course groups describe courses, any group may be a course's instructor group)."""
+    member_of = set(groups)
     binds: dict[str, dict[str, str]] = {}
     sync: list[dict[str, Any]] = []
     problems: list[str] = []

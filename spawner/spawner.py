@@ -305,9 +305,7 @@ class GPUDockerSpawner(DockerSpawner):
         unknown = set(self.user_options) - {"profile"}
         if unknown:
             raise web.HTTPError(400, f"unknown server option(s): {', '.join(sorted(unknown))}")
-        self._course_plan = courses.plan(
-            self.user.name, {g.name: g.properties or {} for g in self.user.groups}, [g.name for g in self.user.groups]
-        )
+        self._course_plan = courses.plan(self.user.name, {g.name: g.properties or {} for g in self.user.groups})
         for problem in self._course_plan.problems:
             self.log.warning("gpuhub: %s", problem)
         try:

@@ -64,8 +64,12 @@ def browser_page(chromium, request):
     context.close()
 
 
+def login_url(hub_url: str, next_path: str = "") -> str:
+    return f"{hub_url}/hub/login" + (f"?next={quote(next_path, safe='')}" if next_path else "")
+
+
 def sign_in_with_password(page, hub_url: str, username: str, password: str, next_path: str = "") -> None:
-    page.goto(f"{hub_url}/hub/login" + (f"?next={quote(next_path, safe='')}" if next_path else ""))
+    page.goto(login_url(hub_url, next_path))
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("[type=submit]")

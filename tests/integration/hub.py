@@ -55,6 +55,14 @@ def ensure_network(client) -> str:
     return TEST_NETWORK
 
 
+def user_container(client, user: str, include_stopped: bool = False):
+    """The test hubs' container of `user`, found by gpuhub's labels as the hub does; None if none."""
+    found = client.containers.list(
+        all=include_stopped, filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={user}"]}
+    )
+    return found[0] if found else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

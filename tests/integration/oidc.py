@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .hub import ROOT, Hub
+from .browser import login_url
+from .hub import ROOT, Hub, free_port
 
 OIDC_DIR = ROOT / "tests" / "oidc"
 USERS = {
@@ -23,12 +23,6 @@ USERS = {
     "gpuhubt-teach": ["instructors"],
     "gpuhubt-mallory": ["visitors"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Provider:
@@ -94,9 +88,7 @@ def oidc_hub(workdir: Path, image: str) -> tuple[Hub, Provider]:
 
 
 def sign_in_at_provider(page, hub_url: str, login: str, next_path: str = "") -> None:
-    from urllib.parse import quote
-
-    page.goto(f"{hub_url}/hub/login" + (f"?next={quote(next_path, safe='')}" if next_path else ""))
+    page.goto(login_url(hub_url, next_path))
     page.get_by_text("Sign in with your institution").click()
     page.fill("input[name=login]", login)
     page.fill("input[name=password]", "any-password")

@@ -10,7 +10,7 @@ import requests
 
 from .browser import sign_in_with_password, wait_for_lab
 from .conftest import DENIED
-from .hub import SHARED_PASSWORD
+from .hub import SHARED_PASSWORD, TEST_GATEWAY, TEST_NETWORK, user_container
 from .oidc import oidc_hub, sign_in_at_provider
 
 STUDENT, OTHER = "gpuhubt-tok1", "gpuhubt-tok2"
@@ -240,15 +240,10 @@ def refused(what: str, result: str) -> None:
 def test_user_containers_reach_the_hub_but_not_each_other_the_proxy_api_or_metadata(
     hub, docker_client, two_students, metadata_server
 ):
-    from .hub import TEST_GATEWAY, TEST_HUB_ID, TEST_NETWORK
-
     hub.start_server(STUDENT)
     hub.wait_ready(STUDENT)
 
-    def container(user):
-        return docker_client.containers.list(filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={user}"]})[0]
-
-    mine, theirs = container(STUDENT), container(OTHER)
+    mine, theirs = user_container(docker_client, STUDENT), user_container(docker_client, OTHER)
     their_ip = theirs.attrs["NetworkSettings"]["Networks"][TEST_NETWORK]["IPAddress"]
     assert requests.get("http://169.254.169.254/", timeout=5).ok  # the host itself reaches it
     assert probe(mine, TEST_GATEWAY, int(hub.env["GPUHUB_HUB_PORT"])) == "open"  # the hub's API: needed

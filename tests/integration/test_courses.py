@@ -9,7 +9,7 @@ import time
 import pytest
 
 from .browser import sign_in_with_password, wait_for_lab
-from .hub import SHARED_PASSWORD, TEST_GATEWAY, TEST_HUB_ID
+from .hub import SHARED_PASSWORD, TEST_GATEWAY, user_container
 
 
 def NB(text):  # noqa: N802 - a tiny notebook
@@ -76,9 +76,9 @@ def ok(result):
 
 
 def container(docker_client, user):
-    found = docker_client.containers.list(filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={user}"]})
+    found = user_container(docker_client, user)
     assert found, f"no running container for {user}"
-    return found[0]
+    return found
 
 
 def sh(docker_client, user, script):

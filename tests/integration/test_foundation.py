@@ -10,14 +10,7 @@ import pytest
 from spawner.settings import parse_size
 
 from .browserless import UserSession
-from .hub import ROOT, SHARED_PASSWORD, TEST_HUB_ID
-
-
-def container_of(client, username):
-    found = client.containers.list(
-        all=True, filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={username}"]}
-    )
-    return found[0] if found else None
+from .hub import ROOT, SHARED_PASSWORD, user_container
 
 
 def test_student_signs_in_and_their_files_survive_stop_and_start(hub, docker_client, username):
@@ -36,7 +29,7 @@ def test_student_signs_in_and_their_files_survive_stop_and_start(hub, docker_cli
     )
     assert r.status_code in (200, 201), r.text
 
-    first = container_of(docker_client, username)
+    first = user_container(docker_client, username, include_stopped=True)
     hub.stop_server(username)
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(first.id)
@@ -45,7 +38,7 @@ def test_student_signs_in_and_their_files_survive_stop_and_start(hub, docker_cli
     r = student.hub_api("POST", f"/users/{username}/server")
     assert r.status_code in (201, 202), r.text
     hub.wait_ready(username)
-    assert container_of(docker_client, username).id != first.id
+    assert user_container(docker_client, username, include_stopped=True).id != first.id
     student.open_lab()
     r = student.server_api("GET", "/contents/notes.txt")
     assert r.ok, r.text
@@ -60,7 +53,7 @@ def test_a_wrong_password_does_not_sign_in(hub, username):
 def test_user_containers_are_hardened_and_limited(hub, docker_client, username):
     hub.start_server(username)
     hub.wait_ready(username)
-    c = container_of(docker_client, username)
+    c = user_container(docker_client, username, include_stopped=True)
     c.reload()
     host = c.attrs["HostConfig"]
     assert c.attrs["Config"]["User"] == "1000:100"
@@ -94,7 +87,7 @@ def test_servers_keep_running_across_a_hub_restart(make_hub, docker_client, user
     hub = make_hub().start()
     hub.start_server(username)
     hub.wait_ready(username)
-    before = container_of(docker_client, username).id
+    before = user_container(docker_client, username, include_stopped=True).id
 
     hub.stop()
     assert docker_client.containers.get(before).status == "running"
@@ -102,7 +95,7 @@ def test_servers_keep_running_across_a_hub_restart(make_hub, docker_client, user
 
     model = hub.user_model(username)
     assert model["servers"][""]["ready"] is True
-    assert container_of(docker_client, username).id == before
+    assert user_container(docker_client, username, include_stopped=True).id == before
     r = hub.api("GET", "/users/" + username + "/tokens")  # the hub answers for the user again
     assert r.ok
     hub.stop_server(username)
@@ -119,17 +112,36 @@ def test_a_spawn_with_a_missing_image_fails_with_a_clear_message(make_hub, usern
     assert hub.user_model(username)["servers"] == {}
 
 
+OAUTH = {"GPUHUB_PUBLIC_URL": "http://h", "GPUHUB_OAUTH_CLIENT_ID": "x", "GPUHUB_OAUTH_CLIENT_SECRET": "y"}
+
+
 @pytest.mark.parametrize(
-    "name, value",
-    [("GPUHUB_MEM_LIMIT", "a-lot"), ("GPUHUB_PORT", "99999"), ("GPUHUB_SHARED_PASSWORD", "")],
+    "overrides, words",
+    [
+        ({"GPUHUB_MEM_LIMIT": "a-lot"}, "GPUHUB_MEM_LIMIT"),
+        ({"GPUHUB_PORT": "99999"}, "GPUHUB_PORT"),
+        ({"GPUHUB_SHARED_PASSWORD": ""}, "GPUHUB_SHARED_PASSWORD"),
+        (
+            {"GPUHUB_AUTH": "oidc", **OAUTH, "GPUHUB_ADMIN_USERS": "", "GPUHUB_OIDC_ISSUER": "http://127.0.0.1:1"},
+            "GPUHUB_OIDC_ISSUER='http://127.0.0.1:1': cannot read",
+        ),
+        (
+            {"GPUHUB_AUTH": "github", **OAUTH, "GPUHUB_ADMIN_USERS": "", "GPUHUB_OAUTH_CLIENT_ID": ""},
+            "GPUHUB_OAUTH_CLIENT_ID is not set",
+        ),
+        (
+            {"GPUHUB_AUTH": "github", **OAUTH, "GPUHUB_ADMIN_USERS": "admin"},
+            "GPUHUB_ADMIN_USERS=admin is the shared-password quickstart's admin",
+        ),
+    ],
 )
-def test_a_bad_setting_stops_the_hub_with_one_line_naming_it(tmp_path, name, value):
+def test_a_bad_setting_stops_the_hub_with_one_line_naming_it(tmp_path, overrides, words):
     env = {
         "PATH": "/usr/bin:/bin",
         "GPUHUB_SHARED_PASSWORD": SHARED_PASSWORD,
         "GPUHUB_ADMIN_PASSWORD": "y" * 40,
         "GPUHUB_DATA_DIR": str(tmp_path / "data"),
-        name: value,
+        **overrides,
     }
     start = time.monotonic()
     proc = subprocess.run(
@@ -142,6 +154,6 @@ def test_a_bad_setting_stops_the_hub_with_one_line_naming_it(tmp_path, name, val
     )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert errors == [errors[0]] and errors[0].startswith(f"gpuhub: configuration error: {name}")
+    assert errors == [errors[0]] and errors[0].startswith(f"gpuhub: configuration error: {words}")
     assert "Traceback" not in proc.stderr + proc.stdout
     assert time.monotonic() - start < 30

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .hub import TEST_HUB_ID
+from .hub import user_container
 from .test_gpu_request_path import HOOK_LOG
 
 GPUS = [f"GPU-7e570000-0000-0000-0000-00000000000{i}" for i in range(4)]
@@ -53,8 +53,8 @@ def join(hub, group, users):
 
 
 def devices_of(docker_client, username):
-    found = docker_client.containers.list(filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={username}"]})
-    return found[0].labels["gpuhub.devices"].split(",") if found else None
+    found = user_container(docker_client, username)
+    return found.labels["gpuhub.devices"].split(",") if found else None
 
 
 def hook_starts(since: float) -> dict[str, dict]:

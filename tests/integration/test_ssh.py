@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from .conftest import DENIED
-from .hub import TEST_HUB_ID
+from .hub import user_container
 
 
 def websocat() -> str:
@@ -68,10 +68,7 @@ def test_openssh_reaches_the_users_own_server_with_their_token_only(hub, docker_
     contents = f"{hub.url}/user/{username}/api/contents"
     assert api.put(f"{contents}/marker.txt", json={"type": "file", "format": "text", "content": "hello ssh"}).ok
     pub = key.with_suffix(".pub").read_text().strip()
-    container = docker_client.containers.list(
-        filters={"label": [f"gpuhub.hub={TEST_HUB_ID}", f"gpuhub.user={username}"]}
-    )[0]
-    code, out = container.exec_run(
+    code, out = user_container(docker_client, username).exec_run(
         ["bash", "-c", f"mkdir -p -m 700 ~/.ssh && echo '{pub}' >> ~/.ssh/authorized_keys"], user="1000:100"
     )
     assert code == 0, out

@@ -45,7 +45,7 @@ def groups(**props):
 
 
 def test_a_student_gets_a_read_only_course_volume_outside_home_and_a_sync_task():
-    plan = courses.plan("bob", {**groups(vision=VOLUME, ml101=GIT), "students": {}}, ["course-vision", "course-ml101"])
+    plan = courses.plan("bob", {**groups(vision=VOLUME, ml101=GIT), "students": {}})
     assert plan.binds["gpuhub-course-vision"] == {"bind": "/opt/gpuhub/courses/vision", "mode": "ro"}
     assert plan.binds["gpuhub-course-vision-data"] == {"bind": "/home/jovyan/course-data/vision", "mode": "ro"}
     assert plan.sync == [
@@ -56,23 +56,23 @@ def test_a_student_gets_a_read_only_course_volume_outside_home_and_a_sync_task()
 
 
 def test_an_instructor_mounts_the_course_volume_read_write_in_courses_admin():
-    plan = courses.plan("vera", groups(vision=VOLUME), ["course-vision"])
+    plan = courses.plan("vera", groups(vision=VOLUME))
     assert plan.binds["gpuhub-course-vision"] == {"bind": "/home/jovyan/courses-admin/vision", "mode": "rw"}
     assert plan.sync[0]["role"] == "instructor"
 
 
 def test_members_of_an_instructor_group_are_instructors():
-    assert courses.plan("tim", groups(ml101=GIT), ["course-ml101", "ml101-tas"]).sync[0]["role"] == "instructor"
+    assert courses.plan("tim", {**groups(ml101=GIT), "ml101-tas": {}}).sync[0]["role"] == "instructor"
 
 
 def test_a_broken_course_is_reported_and_skipped_not_fatal():
-    plan = courses.plan("bob", groups(ok=VOLUME, bad={"source": {"git": "ftp://x"}}), [])
+    plan = courses.plan("bob", groups(ok=VOLUME, bad={"source": {"git": "ftp://x"}}))
     assert [t["name"] for t in plan.sync] == ["ok"]
     assert len(plan.problems) == 1 and "course 'bad'" in plan.problems[0]
 
 
 def test_groups_that_are_not_courses_give_nothing():
-    assert courses.plan("bob", {"students": {"gpuhub": {}}, "course-x": {}}, []) == courses.CoursePlan({}, [], [])
+    assert courses.plan("bob", {"students": {"gpuhub": {}}, "course-x": {}}) == courses.CoursePlan({}, [], [])
 
 
 @pytest.mark.parametrize("name", ["a", "ml101", "deep-learning-2026"])
