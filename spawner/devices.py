@@ -14,7 +14,15 @@ class Device:
     memory_mib: int = 0
     mig_profile: str | None = None  # e.g. "1g.10gb"; None for a whole GPU
     parent: str | None = None  # UUID of the GPU a MIG slice belongs to
-    index: int = 0
+    index: int = 0  # NVML index of a whole GPU; a MIG slice's index among its GPU's slices
+    parent_index: int = 0  # NVML index of a MIG slice's GPU
+
+    @property
+    def order(self) -> tuple[int, int, str]:
+        """Neighbouring devices sort together: NVML index order, slices after their GPU's index."""
+        if self.is_mig:
+            return (self.parent_index, self.index, self.uuid)
+        return (self.index, -1, self.uuid)
 
     @property
     def is_mig(self) -> bool:
