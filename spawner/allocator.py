@@ -1,8 +1,16 @@
-"""The ledger of who holds which device, and the wait queue. Pure: no Docker, no NVML.
+"""The ledger of leases: who holds which device, what is quarantined, who waits. Pure: no Docker, no NVML.
 
 A server (its *owner* key, e.g. "alice/" or "alice/big") asks for a Request.
-`Ledger.request()` either grants exact device UUIDs at once or puts the owner in
-the queue; `release()` and `cancel()` give devices back and hand them to waiters.
+`Ledger.request()` either grants a **lease** at once (an id and exact device
+UUIDs) or puts the owner in the queue. Once the server's container exists the
+lease is *bound* to that container's id; from then on only that container's
+end (`gone(container_id)`) gives the devices back. An owner holds at most one
+lease.
+
+Devices that a container uses but that no lease accounts for (two containers on
+one device, a device missing from the inventory, a partial holding) and devices
+that are unhealthy are **quarantined** under a key (the container id, or
+"health:<uuid>"): nobody gets them until that key is lifted.
 
 Queue order is (priority, arrival): a higher priority goes first, equal
 priorities are first come, first served. A waiter that cannot be served yet
@@ -10,9 +18,6 @@ priorities are first come, first served. A waiter that cannot be served yet
 kind cannot overtake it (a 2-GPU request is not starved by a stream of 1-GPU
 ones); later arrivals asking for other kinds go ahead on other devices.
 Multi-device requests are all-or-nothing.
-
-Docker is the truth about holdings: `rebuild()` loads them from container labels
-at hub start, `reconcile()` compares the ledger with what runs now.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 from .devices import Device, Request
 
@@ -31,23 +37,32 @@ class AllocationError(ValueError):
 
 
 @dataclass(frozen=True)
-class Grant:
+class Lease:
+    id: str
     owner: str
     devices: tuple[str, ...]
-
-
-@dataclass(order=True)
-class _Waiter:
-    sort_key: tuple[int, int]
-    owner: str = field(compare=False)
-    request: Request = field(compare=False)
+    container: str | None = None  # the container the lease is bound to, once it exists
+    charged_to: str = ""  # the quota its devices count against
 
 
 @dataclass(frozen=True)
-class ReconcileReport:
-    released: dict[str, tuple[str, ...]]  # owners whose containers are gone
-    adopted: dict[str, tuple[str, ...]]  # holdings found in Docker that the ledger did not know
-    conflicts: dict[str, tuple[str, ...]]  # devices claimed by two live containers (never granted so)
+class Waiter:
+    lease_id: str
+    owner: str
+    request: Request
+    priority: int
+    arrival: int
+    charged_to: str = ""
+
+
+@dataclass(order=True)
+class _Entry:
+    sort_key: tuple[int, int]
+    waiter: Waiter = field(compare=False)
+
+
+def new_lease_id() -> str:
+    return secrets.token_hex(8)
 
 
 class Ledger:
@@ -58,33 +73,46 @@ class Ledger:
                 raise AllocationError(f"device {d.uuid} is listed twice")
             self.devices[d.uuid] = d
         # Devices are grouped in pools of one kind (a MIG profile, or a GPU model);
-        # each pool keeps its free devices sorted, so a decision touches few of them.
-        self._order = {d.uuid: (d.parent or d.uuid, d.index, d.uuid) for d in self.devices.values()}
+        # each pool keeps its free devices sorted by NVML index, so a decision touches few of them.
         self._pools: dict[str, list[Device]] = {}
-        for d in sorted(self.devices.values(), key=lambda d: self._order[d.uuid]):
+        for d in sorted(self.devices.values(), key=lambda d: d.order):
             self._pools.setdefault(_pool(d), []).append(d)
-        self._free: dict[str, list[tuple]] = {p: [self._order[d.uuid] for d in ds] for p, ds in self._pools.items()}
+        self._free: dict[str, list[tuple]] = {p: [d.order for d in ds] for p, ds in self._pools.items()}
         self._pools_of: dict[Request, tuple[str, ...]] = {}
-        self.holder: dict[str, str] = {}  # device uuid -> owner
-        self.holdings: dict[str, tuple[str, ...]] = {}  # owner -> device uuids
-        self._waiters: list[_Waiter] = []  # kept sorted
-        self._waiting: dict[str, _Waiter] = {}
+        self.leases: dict[str, Lease] = {}
+        self.by_owner: dict[str, str] = {}  # owner -> lease id
+        self.by_container: dict[str, str] = {}  # container id -> lease id
+        self.holder: dict[str, str] = {}  # device uuid -> lease id
+        self.quarantine: dict[str, tuple[tuple[str, ...], str]] = {}  # key -> (devices, reason)
+        self._blocked: dict[str, set[str]] = {}  # device uuid -> quarantine keys
+        self._queue: list[_Entry] = []  # kept sorted
+        self._waiting: dict[str, _Entry] = {}  # owner -> entry
         self._arrival = itertools.count()
 
     # --- questions ---------------------------------------------------------------------------
+    @property
+    def holdings(self) -> dict[str, tuple[str, ...]]:
+        """owner -> devices of its lease."""
+        return {lease.owner: lease.devices for lease in self.leases.values()}
+
+    def lease_of(self, owner: str) -> Lease | None:
+        lease_id = self.by_owner.get(owner)
+        return self.leases[lease_id] if lease_id else None
+
     def free(self, request: Request | None = None) -> list[Device]:
         pools = self._pools if request is None else self.pools_for(request)
-        return sorted(
-            (self.devices[key[2]] for p in pools for key in self._free[p]),
-            key=lambda d: self._order[d.uuid],
-        )
+        return sorted((self._device_at(p, key) for p in pools for key in self._free[p]), key=lambda d: d.order)
 
     def total(self, request: Request) -> int:
         return sum(len(self._pools[p]) for p in self.pools_for(request))
 
+    def usable(self, request: Request) -> int:
+        """Devices of this kind that are not quarantined (held or free)."""
+        return sum(1 for p in self.pools_for(request) for d in self._pools[p] if d.uuid not in self._blocked)
+
     def satisfiable(self, request: Request) -> bool:
-        """Could this request ever be served on this inventory?"""
-        return self.total(request) >= request.count
+        """Could this request be served on this inventory once every lease has ended?"""
+        return self.usable(request) >= request.count
 
     def pools_for(self, request: Request) -> tuple[str, ...]:
         pools = self._pools_of.get(request)
@@ -93,123 +121,197 @@ class Ledger:
             self._pools_of[request] = pools
         return pools
 
-    def waiting(self) -> list[tuple[str, Request]]:
-        return [(w.owner, w.request) for w in self._waiters]
+    def waiting(self) -> list[Waiter]:
+        return [e.waiter for e in self._queue]
+
+    def waiter(self, owner: str) -> Waiter | None:
+        entry = self._waiting.get(owner)
+        return entry.waiter if entry else None
 
     def position(self, owner: str) -> tuple[int, int] | None:
         """(1-based position, queue length) among waiters competing for the same kind of device."""
         me = self._waiting.get(owner)
         if me is None:
             return None
-        mine = set(self.pools_for(me.request))
-        same = [w for w in self._waiters if mine.intersection(self.pools_for(w.request))]
+        mine = set(self.pools_for(me.waiter.request))
+        same = [e for e in self._queue if mine.intersection(self.pools_for(e.waiter.request))]
         return same.index(me) + 1, len(same)
 
-    # --- changes -----------------------------------------------------------------------------
-    def request(self, owner: str, request: Request, priority: int = 0) -> Grant | None:
-        """Grant at once, or queue `owner` and return None. Idempotent for an owner already holding."""
-        if owner in self.holdings:
-            return Grant(owner, self.holdings[owner])
+    def quarantined(self, uuid: str) -> list[str]:
+        """Why a device is quarantined (one reason per key); empty if it is not."""
+        return [self.quarantine[k][1] for k in sorted(self._blocked.get(uuid, ()))]
+
+    # --- leases ------------------------------------------------------------------------------
+    def request(
+        self,
+        owner: str,
+        request: Request,
+        priority: int = 0,
+        charged_to: str = "",
+        lease_id: str | None = None,
+        arrival: int | None = None,
+    ) -> Lease | None:
+        """Grant a lease at once, or queue `owner` and return None.
+
+        `arrival` puts a restored queue entry back in its old place (queue persisted
+        over a hub restart); new entries come after every entry seen so far.
+        """
+        if owner in self.by_owner or owner in self._waiting:
+            raise AllocationError(f"{owner} already holds or waits for GPU devices")
         if not self.satisfiable(request):
             raise AllocationError(
-                f"{request.label} can never be served: this host has {self.total(request)} such device(s)"
+                f"{request.label} can never be served: this host has {self.usable(request)} such device(s)"
             )
-        if owner in self._waiting:
-            return None
-        waiter = _Waiter((-priority, next(self._arrival)), owner, request)
-        bisect.insort(self._waiters, waiter)
-        self._waiting[owner] = waiter
-        for grant in self.dispatch():
-            if grant.owner == owner:
-                return grant
+        if arrival is None:
+            arrival = next(self._arrival)
+        else:
+            self._arrival = itertools.count(max(arrival + 1, next(self._arrival)))
+        waiter = Waiter(lease_id or new_lease_id(), owner, request, priority, arrival, charged_to)
+        entry = _Entry((-priority, arrival), waiter)
+        bisect.insort(self._queue, entry)
+        self._waiting[owner] = entry
+        for lease in self.dispatch():
+            if lease.owner == owner:
+                return lease
         return None
 
-    def cancel(self, owner: str) -> list[Grant]:
-        """Leave the queue (the user gave up). Returns grants this made possible for others."""
+    def bind(self, lease_id: str, container: str) -> Lease:
+        """The lease's container exists: from now on only its end frees the devices."""
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            raise AllocationError(f"lease {lease_id} does not exist")
+        if lease.container not in (None, container):
+            raise AllocationError(f"lease {lease_id} is bound to container {lease.container[:12]} already")
+        other = self.by_container.get(container)
+        if other not in (None, lease_id):
+            raise AllocationError(f"container {container[:12]} is bound to lease {other} already")
+        lease = self.leases[lease_id] = replace(lease, container=container)
+        self.by_container[container] = lease_id
+        return lease
+
+    def cancel(self, owner: str) -> list[Lease]:
+        """Leave the queue (the user gave up). Returns leases this made possible for others."""
         if self._unqueue(owner):
             return self.dispatch()
         return []
 
-    def release(self, owner: str) -> list[Grant]:
-        """Give back the owner's devices (and leave the queue). Returns the grants to waiters."""
-        self._unqueue(owner)
-        self._drop(owner)
+    def release(self, lease_id: str) -> list[Lease]:
+        """End a lease (its container is gone, or never existed). Returns the leases granted to waiters."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return []
+        del self.by_owner[lease.owner]
+        if lease.container:
+            self.by_container.pop(lease.container, None)
+        for uuid in lease.devices:
+            del self.holder[uuid]
+            self._maybe_free(uuid)
         return self.dispatch()
 
-    def dispatch(self) -> list[Grant]:
+    def gone(self, container: str) -> list[Lease]:
+        """The engine confirmed this container no longer exists: end what it held."""
+        grants: list[Lease] = []
+        lease_id = self.by_container.get(container)
+        if lease_id is not None:
+            grants += self.release(lease_id)
+        if container in self.quarantine:
+            grants += self.lift(container)
+        return grants
+
+    def adopt(
+        self, owner: str, devices: Iterable[str], container: str, lease_id: str | None = None, charged_to: str = ""
+    ) -> Lease:
+        """Record a lease found in the engine (hub restart, or a container nobody knew). All or nothing."""
+        devices = tuple(devices)
+        if owner in self.by_owner or owner in self._waiting:
+            raise AllocationError(f"{owner} already holds or waits for GPU devices")
+        if container in self.by_container:
+            raise AllocationError(f"container {container[:12]} is bound to lease {self.by_container[container]}")
+        for uuid in devices:
+            if uuid not in self.devices:
+                raise AllocationError(f"device {uuid} is not in the inventory")
+            if uuid in self.holder:
+                raise AllocationError(f"device {uuid} is held by lease {self.holder[uuid]}")
+        lease = Lease(lease_id or new_lease_id(), owner, devices, container, charged_to)
+        if lease.id in self.leases:
+            lease = replace(lease, id=new_lease_id())
+        for uuid in devices:
+            self._unfree(uuid)
+            self.holder[uuid] = lease.id
+        self.leases[lease.id] = lease
+        self.by_owner[owner] = lease.id
+        self.by_container[container] = lease.id
+        return lease
+
+    # --- quarantine --------------------------------------------------------------------------
+    def block(self, key: str, devices: Iterable[str], reason: str) -> None:
+        """Make devices unavailable to everyone until `lift(key)`. Unknown UUIDs are kept for the record."""
+        devices = tuple(devices)
+        self.lift_quietly(key)
+        self.quarantine[key] = (devices, reason)
+        for uuid in devices:
+            if uuid in self.devices:
+                self._unfree(uuid)
+            self._blocked.setdefault(uuid, set()).add(key)
+
+    def lift(self, key: str) -> list[Lease]:
+        """End a quarantine; returns leases this made possible."""
+        if self.lift_quietly(key):
+            return self.dispatch()
+        return []
+
+    def lift_quietly(self, key: str) -> bool:
+        entry = self.quarantine.pop(key, None)
+        if entry is None:
+            return False
+        for uuid in entry[0]:
+            keys = self._blocked.get(uuid)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._blocked[uuid]
+            if uuid in self.devices:
+                self._maybe_free(uuid)
+        return True
+
+    # --- the queue ---------------------------------------------------------------------------
+    def dispatch(self) -> list[Lease]:
         """Serve waiters in queue order; blocked waiters reserve what they could use."""
         available = {p: len(f) for p, f in self._free.items() if f}
         remaining = sum(available.values())
-        granted: list[Grant] = []
-        for waiter in self._waiters:
+        granted: list[Lease] = []
+        for entry in self._queue:
             if remaining == 0:
                 break
-            pools = [p for p in self.pools_for(waiter.request) if available.get(p)]
+            w = entry.waiter
+            pools = [p for p in self.pools_for(w.request) if available.get(p)]
             usable = sum(available[p] for p in pools)
-            if usable >= waiter.request.count:
-                chosen = self._take(pools, waiter.request.count)
+            if usable >= w.request.count:
+                chosen = self._take(pools, w.request.count)
                 for uuid in chosen:
                     available[_pool(self.devices[uuid])] -= 1
+                    self.holder[uuid] = w.lease_id
                 remaining -= len(chosen)
-                self._hold(waiter.owner, chosen)
-                granted.append(Grant(waiter.owner, chosen))
+                lease = Lease(w.lease_id, w.owner, chosen, None, w.charged_to)
+                self.leases[lease.id] = lease
+                self.by_owner[w.owner] = lease.id
+                granted.append(lease)
             else:
                 for p in pools:  # reserve: later arrivals may not take these
                     remaining -= available.pop(p)
         if granted:
             served = {g.owner for g in granted}
-            self._waiters = [w for w in self._waiters if w.owner not in served]
+            self._queue = [e for e in self._queue if e.waiter.owner not in served]
             for owner in served:
                 self._waiting.pop(owner, None)
         return granted
 
-    def adopt(self, owner: str, devices: Iterable[str]) -> None:
-        """Record a holding that exists in Docker (hub restart). Refuses double holding."""
-        devices = tuple(devices)
-        for uuid in devices:
-            if uuid not in self.devices:
-                raise AllocationError(f"device {uuid} held by {owner} is not in the inventory")
-            other = self.holder.get(uuid)
-            if other is not None and other != owner:
-                raise AllocationError(f"device {uuid} is held by {other} and claimed by {owner}")
-        self._drop(owner)
-        for uuid in devices:
-            self._free[_pool(self.devices[uuid])].remove(self._order[uuid])
-        self._hold(owner, devices)
-        self._unqueue(owner)
-
-    def rebuild(self, live: Mapping[str, Iterable[str]]) -> ReconcileReport:
-        """Reset holdings to exactly what Docker says runs now (hub start)."""
-        for owner in list(self.holdings):
-            self._drop(owner)
-        return self.reconcile(live)
-
-    def reconcile(self, live: Mapping[str, Iterable[str]]) -> ReconcileReport:
-        """Make the ledger agree with the containers that exist now.
-
-        Holdings whose container is gone are released; holdings found only in
-        Docker are adopted; a device claimed by two containers (or unknown to the
-        inventory) is reported, never adopted twice. Call `dispatch()` after.
-        """
-        live = {owner: tuple(devs) for owner, devs in live.items()}
-        released = {o: d for o, d in self.holdings.items() if o not in live}
-        for owner in released:
-            self._drop(owner)
-        adopted: dict[str, tuple[str, ...]] = {}
-        conflicts: dict[str, tuple[str, ...]] = {}
-        for owner, devices in sorted(live.items()):
-            if self.holdings.get(owner) == devices:
-                continue
-            try:
-                self.adopt(owner, devices)
-                adopted[owner] = devices
-            except AllocationError:
-                conflicts[owner] = devices
-        return ReconcileReport(released, adopted, conflicts)
-
     # --- internals ---------------------------------------------------------------------------
+    def _device_at(self, pool: str, key: tuple) -> Device:
+        return self.devices[key[2]]
+
     def _take(self, pools: list[str], count: int) -> tuple[str, ...]:
-        """Remove `count` free devices from `pools`, lowest first (neighbouring GPUs together)."""
+        """Remove `count` free devices from `pools`, lowest NVML index first (neighbouring GPUs together)."""
         if len(pools) == 1:
             free = self._free[pools[0]]
             keys = free[:count]
@@ -220,22 +322,27 @@ class Ledger:
                 self._free[_pool(self.devices[k[2]])].remove(k)
         return tuple(k[2] for k in keys)
 
-    def _hold(self, owner: str, devices: tuple[str, ...]) -> None:
-        for uuid in devices:
-            self.holder[uuid] = owner
-        self.holdings[owner] = devices
+    def _unfree(self, uuid: str) -> None:
+        free = self._free[_pool(self.devices[uuid])]
+        key = self.devices[uuid].order
+        i = bisect.bisect_left(free, key)
+        if i < len(free) and free[i] == key:
+            del free[i]
 
-    def _drop(self, owner: str) -> None:
-        """Free the owner's devices without handing them on (callers dispatch)."""
-        for uuid in self.holdings.pop(owner, ()):
-            del self.holder[uuid]
-            bisect.insort(self._free[_pool(self.devices[uuid])], self._order[uuid])
+    def _maybe_free(self, uuid: str) -> None:
+        if uuid in self.holder or uuid in self._blocked:
+            return
+        free = self._free[_pool(self.devices[uuid])]
+        key = self.devices[uuid].order
+        i = bisect.bisect_left(free, key)
+        if i == len(free) or free[i] != key:
+            free.insert(i, key)
 
     def _unqueue(self, owner: str) -> bool:
-        waiter = self._waiting.pop(owner, None)
-        if waiter is None:
+        entry = self._waiting.pop(owner, None)
+        if entry is None:
             return False
-        self._waiters.remove(waiter)
+        self._queue.remove(entry)
         return True
 
 

@@ -18,6 +18,7 @@ LABEL_SERVER = "gpuhub.server"
 LABEL_DEVICES = "gpuhub.devices"
 LABEL_HUB = "gpuhub.hub"
 LABEL_QUOTA = "gpuhub.quota"  # the quota (group) the devices count against
+LABEL_LEASE = "gpuhub.lease"  # the lease the devices were granted under
 
 #: Environment variables that choose GPUs. Only the spawner sets them, from the grant.
 GPU_VISIBILITY_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
@@ -78,6 +79,7 @@ class ContainerPlan:
     pids_limit: int = 4096
     devices: Sequence[str] = ()
     charged_to: str = ""
+    lease: str = ""
     binds: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     mounts: Sequence[Any] = ()
     extra_create_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -105,6 +107,7 @@ def labels(plan: ContainerPlan) -> dict[str, str]:
         LABEL_SERVER: plan.server_name,
         LABEL_DEVICES: ",".join(plan.devices),
         LABEL_QUOTA: plan.charged_to,
+        LABEL_LEASE: plan.lease,
     }
 
 

@@ -24,10 +24,32 @@ class GPUConfigError(ValueError):
     pass
 
 
+# The inventory config load discovered, so the hub's GPU service starts from it instead of
+# initialising NVML a second time; keyed by the (gpus, exclude) it was found with.
+_loaded: dict[str, inventory.Inventory] = {}
+
+
+def _key(gpus, exclude) -> str:
+    return json.dumps([gpus, exclude], sort_keys=True, default=str)
+
+
+def take_loaded(gpus, exclude) -> inventory.Inventory | None:
+    """The inventory `load()` found for these settings, once (later calls discover again)."""
+    return _loaded.pop(_key(list(gpus), list(exclude)), None)
+
+
 def load(path: str, discover=inventory.discover) -> dict[str, Any]:
     """Read and validate; returns the values for the spawner and GPUQuota traits."""
     if not path:
-        return {"profiles": [], "gpus": [], "exclude": [], "default": {}, "groups": {}, "inventory": None}
+        return {
+            "profiles": [],
+            "gpus": [],
+            "exclude": [],
+            "default": {},
+            "groups": {},
+            "inventory": None,
+            "disabled": [],
+        }
     try:
         with open(path) as f:
             data = json.load(f)
@@ -71,6 +93,11 @@ def _validate(data: Any, discover) -> dict[str, Any]:
         missing = (parsed_quota.get("profiles") or set()) - slugs
         if missing:
             raise GPUConfigError(f"quota of {source} names unknown profile(s): {', '.join(sorted(missing))}")
+    _loaded[_key(gpus, exclude)] = found
+    # A profile this host cannot serve (a GPU lost, excluded or not there yet) is disabled, not fatal.
+    disabled = [
+        profiles.unservable(p, sum(1 for d in found.devices if p.gpu.accepts(d))) for p in parsed if p.gpu is not None
+    ]
     return {
         "profiles": profile_list,
         "gpus": gpus,
@@ -78,4 +105,5 @@ def _validate(data: Any, discover) -> dict[str, Any]:
         "default": default,
         "groups": groups,
         "inventory": found,
+        "disabled": [f"{why}: disabled until it can" for why in disabled if why],
     }

@@ -60,7 +60,12 @@ CPU_ONLY = Profile("cpu", "CPU only", "No GPU.", default=True)
 
 
 def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None = None) -> list[Profile]:
-    """Validate `profile_list` (against the inventory when it has devices) into Profiles."""
+    """Validate `profile_list` into Profiles (MIG profile names also against the inventory's GPUs).
+
+    Whether the host can serve a profile *now* is not decided here: GPUs come and go,
+    and a profile the host cannot serve is disabled at admission, never a reason for
+    the hub not to start (`unservable()`).
+    """
     if not profile_list:
         return [CPU_ONLY]
     known_mig = KNOWN_MIG_PROFILES | (inventory.mig_profiles if inventory else frozenset())
@@ -81,7 +86,7 @@ def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None
         name = entry.get("display_name")
         if not isinstance(name, str) or not name.strip():
             raise ProfileError(f"{where} needs a display_name")
-        request = _gpu(entry.get("gpu"), where, known_mig, inventory)
+        request = _gpu(entry.get("gpu"), where, known_mig)
         mem = entry.get("mem_limit")
         if mem is not None:
             try:
@@ -112,7 +117,7 @@ def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None
     return profiles
 
 
-def _gpu(spec: Any, where: str, known_mig: Iterable[str], inventory: Inventory | None) -> Request | None:
+def _gpu(spec: Any, where: str, known_mig: Iterable[str]) -> Request | None:
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
@@ -128,12 +133,14 @@ def _gpu(spec: Any, where: str, known_mig: Iterable[str], inventory: Inventory |
         raise ProfileError(f"{where}: gpu names a mig_profile or a model, not both")
     if mig is not None and (not isinstance(mig, str) or not is_mig_profile_name(mig) or mig not in known_mig):
         raise ProfileError(f"{where}: unknown MIG profile {mig!r} (known: 1g.10gb, 3g.40gb, 7g.80gb, ...)")
-    request = Request(count, mig_profile=mig, model=model)
-    if inventory is not None and inventory.devices:
-        total = sum(1 for d in inventory.devices if request.accepts(d))
-        if total < count:
-            raise ProfileError(f"{where}: asks for {request.label} but this host has {total} such device(s)")
-    return request
+    return Request(count, mig_profile=mig, model=model)
+
+
+def unservable(profile: Profile, usable: int) -> str:
+    """Why the host cannot serve `profile` with `usable` such devices; empty if it can."""
+    if profile.gpu is None or usable >= profile.gpu.count:
+        return ""
+    return f"profile {profile.slug!r} asks for {profile.gpu.label} but this host has {usable} such device(s)"
 
 
 def choose(profiles: Sequence[Profile], slug: str | None) -> Profile:

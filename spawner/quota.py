@@ -15,9 +15,9 @@ Where quotas come from, for one user:
 
 How several quotas combine: a user may start a profile if *any* of their quotas
 allows it. The spawn is charged to the allowing quota with the most room left
-(groups before the default, then by name); the user's own limit is the largest
-`max_devices_per_user` among the quotas that allow the profile, and their queue
-priority the highest. A group's `max_devices_per_group` counts the devices held by
+(groups before the default, then by name), and queues at that quota's
+priority; the user's own limit is the largest `max_devices_per_user` among the
+quotas that allow the profile. A group's `max_devices_per_group` counts the devices held by
 all servers charged to that group.
 """
 
@@ -31,6 +31,7 @@ from traitlets import Dict
 from traitlets.config import Configurable
 
 DEFAULT_SOURCE = "(default)"
+PROPERTY = "gpuhub"  # the JupyterHub group property lab admins set quotas under
 KEYS = ("profiles", "max_devices_per_user", "max_devices_per_group", "priority")
 
 
@@ -138,7 +139,6 @@ def decide(
             False,
             f"you hold {user_holds} GPU device(s); this profile needs {devices} more and your limit is {user_limit}",
         )
-    priority = max(q.priority for q in allowing)
 
     def room(q: Quota) -> float:
         if q.max_devices_per_group is None:
@@ -152,7 +152,10 @@ def decide(
             f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)" for q in allowing
         )
         return Decision(False, f"group GPU limit reached: {full}")
-    return Decision(True, charged_to=groups_first[0].source, priority=priority)
+    # The queue priority is the charged quota's: a researcher charged to the students'
+    # group because their own group is full queues like a student.
+    charged = groups_first[0]
+    return Decision(True, charged_to=charged.source, priority=charged.priority)
 
 
 class GPUQuota(Configurable):

@@ -18,9 +18,9 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default, validate
 
-from . import container, courses, inventory, profiles, quota
-from .allocator import AllocationError
-from .broker import Broker, owner_key
+from . import admission, container, gpu_config, inventory, profiles, quota
+from .engine import DockerEngine, EngineError
+from .gpu_service import GPUService, ServiceBusy, ServiceConfig, Ticket, owner_key
 from .settings import parse_size
 
 
@@ -157,9 +157,58 @@ class GPUDockerSpawner(DockerSpawner):
         60,
         min=0,
         help="""
-        Seconds between comparisons of the GPU ledger with Docker: devices of
-        containers that are gone are released, containers the ledger does not
-        know are logged and adopted. 0 turns it off.
+        Seconds between comparisons of the GPU ledger with Docker. Leases whose
+        container Docker no longer has (404) end; containers using devices that no
+        lease accounts for are adopted or their devices quarantined; orphans are
+        found. 0 turns it off (not recommended).
+        """,
+    ).tag(config=True)
+
+    rediscover_interval = Float(
+        60,
+        min=0,
+        help="""
+        Seconds between NVML re-discoveries (in a thread). A GPU that NVML no longer
+        lists, or whose NVML calls fail, is quarantined until it is back. Ignored
+        with a static inventory (`gpus`). 0 turns it off.
+        """,
+    ).tag(config=True)
+
+    orphan_grace = Float(
+        300,
+        min=0,
+        help="""
+        Seconds a container labelled for this hub may go unclaimed by any server
+        before gpuhub removes it (its devices come back once Docker confirms it is
+        gone). Orphans come from starts that JupyterHub gave up on or servers it
+        forgot. Raised to three poll intervals if smaller; 0 (or
+        `Spawner.poll_interval = 0`) turns orphan removal off.
+        """,
+    ).tag(config=True)
+
+    start_failures_to_quarantine = Integer(
+        3,
+        min=1,
+        help="""
+        A device on which Docker failed to start this many servers in a row is
+        quarantined (handed to nobody) until a lab admin lifts it or the hub restarts.
+        """,
+    ).tag(config=True)
+
+    queue_file = Unicode(
+        "",
+        help="""
+        File the GPU wait queue is saved to, so that a hub restart keeps every
+        waiting server's place and priority. Empty: the queue lives in memory only.
+        """,
+    ).tag(config=True)
+
+    queue_resume_timeout = Float(
+        300,
+        min=0,
+        help="""
+        After a hub restart, seconds a restored queue place (or the devices it was
+        granted meanwhile) is kept for its student to start again.
         """,
     ).tag(config=True)
 
@@ -185,10 +234,11 @@ class GPUDockerSpawner(DockerSpawner):
         return pool
 
     def container_plan(self, command: list[str]) -> container.ContainerPlan:
-        """Everything container.py needs, from this spawner's settings."""
+        """Everything container.py needs, from this spawner's settings and this start's plan."""
+        plan = self._plan
         return container.ContainerPlan(
             name=self.container_name,
-            image=self.image,
+            image=plan.image,
             command=command,
             env=self.get_env(),
             network=self.network_name,
@@ -201,13 +251,14 @@ class GPUDockerSpawner(DockerSpawner):
             ),
             home_path=self.home_path,
             user=self.notebook_user,
-            mem_limit=(self._profile and self._profile.mem_limit) or self.mem_limit,
-            cpu_limit=(self._profile and self._profile.cpu_limit) or self.cpu_limit,
+            mem_limit=plan.profile.mem_limit or self.mem_limit,
+            cpu_limit=plan.profile.cpu_limit or self.cpu_limit,
             devices=self._devices,
-            charged_to=self._charged_to,
+            charged_to=plan.charged_to,
+            lease=self._ticket.lease_id or "",
             shm_size=self.shm_size,
             pids_limit=self.pids_limit,
-            binds={**self.volume_binds, **self._course_plan.binds},
+            binds={**self.volume_binds, **plan.courses.binds},
             mounts=self.mount_binds,
             extra_create_kwargs=self._render_templates(self._eval_if_callable(self.extra_create_kwargs)),
             extra_host_config=self._render_templates(self._eval_if_callable(self.extra_host_config)),
@@ -234,51 +285,74 @@ class GPUDockerSpawner(DockerSpawner):
                 f" ({reason}). An admin can build it with `make images`.",
             ) from None
 
-    # --- GPUs: profiles, quota, the queue ------------------------------------------------------
-    _profile: profiles.Profile | None = None
-    _course_plan = courses.CoursePlan({}, [], [])
+    # --- GPUs: admission, leases, the queue ----------------------------------------------------
+    _plan: admission.SpawnPlan | None = None
+    _ticket: Ticket | None = None
     _devices: tuple[str, ...] = ()
-    _charged_to: str = ""
-    _waiting_for: str = ""
     _watchers = 0
-    _from_form = False
-    _configured_image: str | None = None
+    _services: dict[str, GPUService] = {}
 
     @property
     def owner(self) -> str:
         return owner_key(self.user.name, self.name or "")
 
     def load_inventory(self) -> inventory.Inventory:
-        """Blocking (NVML): runs in a thread."""
+        """Blocking (NVML): runs in a thread. The first call reuses what config load discovered."""
+        found = gpu_config.take_loaded(self.gpus, self.gpu_exclude)
+        if found is not None:
+            return found
         if self.gpus:
             return inventory.from_static(self.gpus, self.gpu_exclude)
         return inventory.discover(exclude=self.gpu_exclude)
 
-    async def broker(self) -> Broker:
-        broker = Broker.shared(self.hub_id)
-        broker.log = self.log
-        await broker.ensure_ready(self.load_inventory, self.docker, self.reconcile_interval)
-        return broker
+    async def service(self) -> GPUService:
+        """The hub's one GPU service (built on first use, then shared by every spawner)."""
+        svc = self._services.get(self.hub_id)
+        if svc is None:
+            grace = self.orphan_grace
+            if self.poll_interval <= 0:
+                self.log.warning("gpuhub: Spawner.poll_interval is 0, so orphan containers are never removed")
+                grace = 0
+            elif grace > 0:
+                grace = max(grace, 3 * self.poll_interval)
+            config = ServiceConfig(
+                hub_id=self.hub_id,
+                queue_file=self.queue_file,
+                reconcile_interval=self.reconcile_interval,
+                rediscover_interval=0 if self.gpus else self.rediscover_interval,
+                orphan_grace=grace,
+                start_failures_to_quarantine=self.start_failures_to_quarantine,
+                queue_resume_timeout=self.queue_resume_timeout,
+            )
+            engine = DockerEngine(self.client_kwargs, threads=self.docker_threads)
+            svc = self._services[self.hub_id] = GPUService(config, engine, self.load_inventory, log=self.log)
+        await svc.ready()
+        return svc
 
-    def quotas(self) -> tuple[list[quota.Quota], list[str]]:
-        config = quota.GPUQuota(parent=self)
-        groups = {g.name: (g.properties or {}).get("gpuhub") for g in self.user.groups}
-        return quota.quotas_for(config.default, config.groups, groups)
+    async def _service_or_503(self) -> GPUService:
+        try:
+            return await self.service()
+        except Exception as e:
+            self.log.error("gpuhub: GPU bookkeeping is unavailable: %s", e)
+            raise web.HTTPError(503, f"GPU bookkeeping is unavailable ({e}); try again shortly") from None
+
+    def _groups(self) -> dict:
+        return {g.name: g.properties or {} for g in self.user.groups}
 
     async def get_options_form(self):
         if self.options_form:
             return await super().get_options_form()
-        broker = await self.broker()
-        choices = profiles.parse(self.profile_list, broker.inventory)
-        quotas, _ = self.quotas()
-        allowed = [p for p in choices if any(q.allows(p.slug) for q in quotas)]
+        svc = await self.service()
+        choices = profiles.parse(self.profile_list, svc.inventory)
+        config = quota.GPUQuota(parent=self)
+        allowed = admission.offered(choices, config.default, config.groups, self._groups(), svc.usable)
         if len(choices) <= 1 or not allowed:
             return ""
         default = profiles.choose(allowed, None).slug
         items = []
         for p in allowed:
             if p.gpu:
-                free, total = broker.availability(p.gpu)
+                free, total = svc.availability(p.gpu)
                 state = f"{free} of {total} free"
             else:
                 state = "no GPU"
@@ -294,71 +368,79 @@ class GPUDockerSpawner(DockerSpawner):
     @default("options_from_form")
     def _options_from_form_default(self):
         def options_from_form(formdata):
-            self._from_form = True
             return {"profile": (formdata.get("profile") or [""])[0]}
 
         return options_from_form
 
-    async def start(self):
-        from_form, self._from_form = self._from_form, False
-        broker = await self._broker_or_503()
-        unknown = set(self.user_options) - {"profile"}
-        if unknown:
-            raise web.HTTPError(400, f"unknown server option(s): {', '.join(sorted(unknown))}")
-        self._course_plan = courses.plan(self.user.name, {g.name: g.properties or {} for g in self.user.groups})
-        for problem in self._course_plan.problems:
-            self.log.warning("gpuhub: %s", problem)
-        try:
-            profile = profiles.choose(
-                profiles.parse(self.profile_list, broker.inventory),
-                self.user_options.get("profile") or self._course_plan.profile,
-            )
-        except profiles.ProfileError as e:
-            raise web.HTTPError(400, str(e)) from None
-        quotas, problems = self.quotas()
-        for problem in problems:
-            self.log.warning("gpuhub: %s", problem)
-        # Queued requests count like holdings: five queued servers must not add up past a limit.
-        decision = quota.decide(
-            quotas,
-            profile.slug,
-            profile.device_count,
-            broker.held_by_user(self.user.name, besides=self.owner),
-            broker.held_by_quota(besides=self.owner),
-        )
-        if not decision.allowed:
-            extra = f" (ignored: {'; '.join(problems)})" if problems else ""
-            raise web.HTTPError(403, f"Over quota: {decision.reason}{extra}")
+    def _from_browser(self) -> bool:
+        """Started from a browser page (it may be closed), not through the REST API."""
+        from jupyterhub.apihandlers.base import APIHandler
 
-        if self._configured_image is None:
-            self._configured_image = self.image
-        self.image = profile.image or self._configured_image
-        self._profile, self._devices, self._charged_to = profile, (), decision.charged_to
+        return self.handler is not None and not isinstance(self.handler, APIHandler)
+
+    async def start(self):
+        from_browser = self._from_browser()
+        svc = await self._service_or_503()
         try:
-            if profile.gpu:
-                self._devices = await self._wait_for_devices(broker, profile, decision, from_form)
-            ip, port = await super().start()
+            await svc.clear_previous(self.owner, self.user.name, self.name or "")
+        except ServiceBusy as e:
+            raise web.HTTPError(409, str(e)) from None
+        choices = profiles.parse(self.profile_list, svc.inventory)
+        config = quota.GPUQuota(parent=self)
+        groups = self._groups()
+
+        def admit(usage: admission.Usage):
+            return admission.admit(
+                username=self.user.name,
+                user_options=self.user_options or {},
+                profile_list=choices,
+                default_image=self.image,
+                quota_default=config.default,
+                quota_groups=config.groups,
+                user_groups=groups,
+                usage=usage,
+                usable=svc.usable,
+            )
+
+        ticket = svc.reserve(self.owner, self.user.name, admit)
+        if isinstance(ticket, admission.Refusal):
+            raise web.HTTPError(ticket.status, ticket.message)
+        for problem in ticket.plan.problems:
+            self.log.warning("gpuhub: %s", problem)
+        self._plan, self._ticket, self._devices = ticket.plan, ticket, ()
+        async with svc.starting(ticket):
+            if ticket.plan.request is not None:
+                lease = await self._wait_for_lease(svc, ticket, from_browser)
+                self._devices = lease.devices
+            ip, port = await self._start_container(svc, ticket)
             await self._wait_until_answering(ip, port)
             await self._log_course_sync()
-        except BaseException:
-            if self.object_id:
-                # A container exists and may run: its devices go back once stop() has removed it.
-                broker.started(self.owner)
-            else:
-                broker.release(self.owner)
-            raise
-        broker.started(self.owner)
         return ip, port
+
+    async def _start_container(self, svc: GPUService, ticket: Ticket) -> tuple[str, int]:
+        """Create and start the container for this plan; the lease is bound the moment it exists."""
+        await self.pull_image(ticket.plan.image)
+        obj = await self.create_object()
+        self.object_id = obj["Id"]  # no await before binding: a cancelled start still finds it
+        svc.bind(ticket, self.object_id)
+        self.log.info("gpuhub: %s: created %s (%s)", self.owner, self.object_id[:12], ",".join(self._devices) or "CPU")
+        try:
+            await self.start_object()
+        except docker.errors.APIError as e:
+            ticket.device_failure = bool(self._devices)
+            reason = str(e.explanation or e).splitlines()[0][:300]
+            raise web.HTTPError(500, f"Docker could not start the server container: {reason}") from None
+        return await self.get_ip_and_port()
 
     def get_env(self):
         env = super().get_env()
-        if self._course_plan.sync:
-            env["GPUHUB_COURSES"] = json.dumps(self._course_plan.sync)
+        if self._plan is not None and self._plan.courses.sync:
+            env["GPUHUB_COURSES"] = json.dumps(self._plan.courses.sync)
         return env
 
     async def _log_course_sync(self) -> None:
         """The start hook's course lines, into the hub log (why a course did not sync)."""
-        if not self._course_plan.sync:
+        if not self._plan.courses.sync:
             return
         logs = (await self.docker("logs", self.container_id, tail=200)).decode(errors="replace")
         for line in logs.splitlines():
@@ -366,36 +448,23 @@ class GPUDockerSpawner(DockerSpawner):
                 level = self.log.warning if "failed" in line or "did not finish" in line else self.log.info
                 level("%s: %s", self._log_name, line)
 
-    async def _broker_or_503(self) -> Broker:
-        try:
-            return await self.broker()
-        except Exception as e:
-            self.log.exception("gpuhub: GPU bookkeeping is unavailable")
-            raise web.HTTPError(503, f"GPU bookkeeping is unavailable ({e}); try again shortly") from None
-
-    async def _wait_for_devices(self, broker, profile, decision, from_form: bool) -> tuple[str, ...]:
-        self._waiting_for = profile.gpu.label
-        waiter = asyncio.ensure_future(
-            broker.acquire(self.owner, profile.gpu, decision.priority, self.gpu_wait_timeout, decision.charged_to)
-        )
-        abandon = asyncio.ensure_future(self._abandoned()) if from_form else None
+    async def _wait_for_lease(self, svc: GPUService, ticket: Ticket, from_browser: bool):
+        waiter = asyncio.ensure_future(svc.wait(ticket, self.gpu_wait_timeout))
+        abandon = asyncio.ensure_future(self._abandoned()) if from_browser and ticket.future else None
+        label = ticket.plan.request.label
         try:
             done, _ = await asyncio.wait([f for f in (waiter, abandon) if f], return_when=asyncio.FIRST_COMPLETED)
             if waiter not in done:
                 raise web.HTTPError(409, "Left the GPU queue: nobody was watching the start page")
-            return waiter.result().devices
+            return waiter.result()
         except asyncio.TimeoutError:
             raise web.HTTPError(
-                503,
-                f"No {profile.gpu.label} became free within {self.gpu_wait_timeout:.0f} s; try again later",
+                503, f"No {label} became free within {self.gpu_wait_timeout:.0f} s; try again later"
             ) from None
-        except AllocationError as e:
-            raise web.HTTPError(400, str(e)) from None
         finally:
             waiter.cancel()
             if abandon:
                 abandon.cancel()
-            self._waiting_for = ""
 
     async def _abandoned(self) -> None:
         """Returns once no browser has watched the progress page for queue_abandon_after seconds."""
@@ -410,47 +479,49 @@ class GPUDockerSpawner(DockerSpawner):
     async def progress(self):
         self._watchers += 1
         try:
-            broker = await self.broker()
+            svc = await self.service()
             while True:
-                if self._waiting_for:
-                    pos = broker.position(self.owner)
+                ticket = self._ticket
+                pos = svc.position(self.owner) if ticket else None
+                if pos or (ticket and ticket.future and not ticket.future.done()):
                     where = f": position {pos[0]} of {pos[1]}" if pos else ""
-                    message = f"Waiting for a GPU ({self._waiting_for}){where}"
+                    message = f"Waiting for a GPU ({ticket.plan.request.label}){where}"
                 elif self._devices:
                     message = f"Got {', '.join(self._devices)}; starting your server"
                 else:
                     message = "Starting your server"
                 # Sent every second even when unchanged: writing is how a closed tab is noticed.
-                yield {"progress": 30 if self._waiting_for else 60, "message": message}
+                yield {"progress": 30 if pos else 60, "message": message}
                 await asyncio.sleep(1)
         finally:
             self._watchers -= 1
 
     async def stop(self, now=False):
-        broker = await self.broker()
-        if self.object_id:
-            try:
-                await super().stop(now)
-            except BaseException:
-                # The container may still run with its devices: keep them held; reconcile
-                # gives them back once Docker no longer shows it.
-                broker.started(self.owner)
-                raise
-        else:
+        if not self.object_id:
             self.clear_state()
-        broker.release(self.owner)
-        self._devices = ()
+            return
+        svc = await self._service_or_503()
+        try:
+            await svc.stop(self.owner, self.object_id, timeout=1 if now else 10)
+        except EngineError as e:
+            # The container may still run with its devices: they stay held. A new start of
+            # this server removes it first; otherwise orphan removal does, once unclaimed.
+            self.log.error(
+                "gpuhub: %s: stopping %s failed (%s); its devices stay held", self.owner, self.object_id[:12], e
+            )
+            raise web.HTTPError(503, f"Docker did not stop the server container ({e})") from None
+        self.clear_state()
 
     async def poll(self):
+        if not self.object_id:
+            return 0
         try:
-            broker = await self.broker()  # the first poll after a hub start rebuilds the ledger
-        except Exception:
-            self.log.exception("gpuhub: GPU bookkeeping is unavailable; polling the container only")
-            return await super().poll()
-        status = await super().poll()
-        if status is not None and self.owner not in broker.starting:
-            broker.release(self.owner)
-        return status
+            svc = await self.service()  # the first poll after a hub start rebuilds the ledger
+        except Exception as e:
+            # Unknown is not stopped: report it running until the engine answers.
+            self.log.warning("gpuhub: %s: cannot ask the engine about its container (%s)", self.owner, e)
+            return None
+        return await svc.poll(self.owner, self.object_id)
 
     def get_state(self):
         state = super().get_state()

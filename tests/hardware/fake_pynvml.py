@@ -13,9 +13,13 @@ code under test catches exactly what it would catch on a GPU host.
              {"uuid": "MIG-…", "name": "NVIDIA A100-SXM4-80GB MIG 1g.10gb", "memory_mib": 9856, "slices": 1},
              None,  # an empty MIG slot (NVMLError_NotFound)
          ],
-         "profiles": [("1g.10gb", 1, 9856), ...]},  # GPU-instance profiles it supports
-      ],
+         "profiles": [("1g.10gb", 1, 9856), ...],  # GPU-instance profiles it supports
+         "fail": {"nvmlDeviceGetMemoryInfo": "GpuIsLost"}},  # optional, on a GPU or a MIG device:
+      ],                                                    # these calls on it raise that error
     }
+
+`layout` is read on every call, never copied: change it between two `discover()` calls to
+simulate a GPU that disappears (or appears) while the hub runs.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _CODES = {
     "NotSupported": "NOT_SUPPORTED",
     "NotFound": "NOT_FOUND",
     "Uninitialized": "UNINITIALIZED",
+    "GpuIsLost": "GPU_IS_LOST",
+    "Unknown": "UNKNOWN",
 }
 
 _PROFILE_CONSTS = [
@@ -52,6 +58,13 @@ _PROFILE_CONSTS = [
 class _Handle:
     def __init__(self, spec: dict, parent: _Handle | None = None):
         self.spec, self.parent = spec, parent
+
+
+def _failing(spec: dict, call: str) -> None:
+    """Raise the error the spec's "fail" names for this call, if any."""
+    error = spec.get("fail", {}).get(call)
+    if error:
+        raise _error(error)
 
 
 def make(layout: dict) -> types.ModuleType:
@@ -80,18 +93,23 @@ def make(layout: dict) -> types.ModuleType:
 
     def nvmlDeviceGetHandleByIndex(i):
         need_init()
+        _failing(layout["gpus"][i], "nvmlDeviceGetHandleByIndex")
         return _Handle(layout["gpus"][i])
 
     def nvmlDeviceGetUUID(h):
+        _failing(h.spec, "nvmlDeviceGetUUID")
         return h.spec["uuid"]
 
     def nvmlDeviceGetName(h):
+        _failing(h.spec, "nvmlDeviceGetName")
         return h.spec["name"]
 
     def nvmlDeviceGetMemoryInfo(h):
+        _failing(h.spec, "nvmlDeviceGetMemoryInfo")
         return types.SimpleNamespace(total=h.spec["memory_mib"] * 2**20, used=0, free=h.spec["memory_mib"] * 2**20)
 
     def nvmlDeviceGetMigMode(h):
+        _failing(h.spec, "nvmlDeviceGetMigMode")
         mig = h.spec.get("mig", "NotSupported")
         if mig == "NotSupported":
             raise _error("NotSupported")
@@ -99,6 +117,7 @@ def make(layout: dict) -> types.ModuleType:
         return [real.NVML_DEVICE_MIG_ENABLE if enabled else real.NVML_DEVICE_MIG_DISABLE] * 2
 
     def nvmlDeviceGetMaxMigDeviceCount(h):
+        _failing(h.spec, "nvmlDeviceGetMaxMigDeviceCount")
         mig = h.spec.get("mig")
         return len(mig) if isinstance(mig, list) else 0
 
@@ -106,12 +125,15 @@ def make(layout: dict) -> types.ModuleType:
         slot = h.spec["mig"][j]
         if slot is None:
             raise _error("NotFound")
+        _failing(slot, "nvmlDeviceGetMigDeviceHandleByIndex")
         return _Handle(slot, h)
 
     def nvmlDeviceGetAttributes(h):
+        _failing(h.spec, "nvmlDeviceGetAttributes")
         return types.SimpleNamespace(gpuInstanceSliceCount=h.spec.get("slices", 1))
 
     def nvmlDeviceGetGpuInstanceProfileInfo(h, profile, version=2):
+        _failing(h.spec, "nvmlDeviceGetGpuInstanceProfileInfo")
         supported = h.spec.get("profiles", [])
         index = (
             [getattr(real, c) for c in _PROFILE_CONSTS].index(profile)

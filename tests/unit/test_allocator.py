@@ -7,7 +7,9 @@ from spawner.allocator import AllocationError, Ledger
 from spawner.devices import Device, Request
 
 GPUS = [Device(f"GPU-{i}", model="A100", memory_mib=81920, index=i) for i in range(4)]
-MIG = [Device(f"MIG-{i}", model="H100", mig_profile="1g.10gb", parent="GPU-m", index=i) for i in range(3)]
+MIG = [
+    Device(f"MIG-{i}", model="H100", mig_profile="1g.10gb", parent="GPU-m", index=i, parent_index=9) for i in range(3)
+]
 ONE_GPU = Request(1)
 TWO_GPUS = Request(2)
 ONE_SLICE = Request(1, mig_profile="1g.10gb")
@@ -15,6 +17,11 @@ ONE_SLICE = Request(1, mig_profile="1g.10gb")
 
 def ledger():
     return Ledger(GPUS + MIG)
+
+
+def release(led, owner):
+    lease = led.lease_of(owner)
+    return led.release(lease.id) if lease else []
 
 
 def test_a_free_device_is_granted_at_once_by_uuid():
@@ -41,7 +48,7 @@ def test_waiting_user_gets_the_device_released_by_another():
     led.request("a/", Request(4))
     assert led.request("b/", ONE_GPU) is None
     assert led.position("b/") == (1, 1)
-    grants = led.release("a/")
+    grants = release(led, "a/")
     assert [(g.owner, len(g.devices)) for g in grants] == [("b/", 1)]
 
 
@@ -51,7 +58,7 @@ def test_waiters_are_served_first_come_first_served():
     for name in ("b/", "c/", "d/"):
         assert led.request(name, ONE_GPU) is None
     assert led.position("d/") == (3, 3)
-    led.release("a/")
+    release(led, "a/")
     assert led.waiting() == []
     assert set(led.holdings) == {"b/", "c/", "d/"}
 
@@ -63,7 +70,7 @@ def test_higher_priority_goes_first():
     led.request("student/", ONE_GPU, priority=0)
     led.request("researcher/", ONE_GPU, priority=10)
     assert led.position("researcher/") == (1, 2)
-    assert [g.owner for g in led.release("x/")] == ["researcher/"]
+    assert [g.owner for g in release(led, "x/")] == ["researcher/"]
     assert led.position("student/") == (1, 1)
 
 
@@ -72,7 +79,7 @@ def test_a_big_request_is_not_starved_by_later_small_ones():
     led.request("a/", Request(3))
     assert led.request("big/", TWO_GPUS) is None  # one GPU free: not enough
     assert led.request("small/", ONE_GPU) is None  # may not take big's reserved GPU
-    granted = led.release("a/")
+    granted = release(led, "a/")
     assert [g.owner for g in granted] == ["big/", "small/"]
 
 
@@ -101,115 +108,211 @@ def test_a_request_no_host_could_serve_is_refused_not_queued():
         ledger().request("a/", Request(1, mig_profile="3g.40gb"))
 
 
-def test_asking_twice_returns_the_same_grant():
+def test_asking_again_while_holding_is_refused():
     led = ledger()
-    first = led.request("a/", TWO_GPUS)
-    assert led.request("a/", TWO_GPUS) == first
+    led.request("a/", TWO_GPUS)
+    with pytest.raises(AllocationError, match="already holds"):
+        led.request("a/", TWO_GPUS)
     assert len(led.free(ONE_GPU)) == 2
 
 
-def test_rebuild_from_docker_restores_holdings_and_refuses_double_claims():
+def test_multi_gpu_grants_follow_nvml_index_order_not_uuid_order():
+    # UUIDs sort the other way round from NVML indices.
+    gpus = [Device(f"GPU-{'fedc'[i]}", model="A100", index=i) for i in range(4)]
+    led = Ledger(gpus)
+    assert led.request("a/", TWO_GPUS).devices == ("GPU-f", "GPU-e")
+    assert led.request("b/", TWO_GPUS).devices == ("GPU-d", "GPU-c")
+
+
+def test_a_bound_lease_ends_only_when_its_container_is_gone():
     led = ledger()
-    report = led.rebuild({"a/": ("GPU-2",), "b/": ("GPU-2",), "c/": ("MIG-0",)})
-    assert report.adopted == {"a/": ("GPU-2",), "c/": ("MIG-0",)}
-    assert report.conflicts == {"b/": ("GPU-2",)}
-    assert led.holder["GPU-2"] == "a/"
-    assert led.request("d/", ONE_GPU).devices == ("GPU-0",)
+    lease = led.request("a/", ONE_GPU)
+    led.bind(lease.id, "c1")
+    assert led.gone("c2") == []  # another container's end changes nothing
+    assert led.holder["GPU-0"] == lease.id
+    led.gone("c1")
+    assert "GPU-0" not in led.holder and led.lease_of("a/") is None
 
 
-def test_reconcile_releases_devices_of_containers_that_are_gone():
+def test_a_stale_release_never_ends_a_newer_lease_of_the_same_owner():
+    led = ledger()
+    old = led.request("olga/", ONE_GPU)
+    led.bind(old.id, "old-container")
+    led.gone("old-container")
+    new = led.request("olga/", ONE_GPU)
+    led.bind(new.id, "new-container")
+    assert led.gone("old-container") == [] and led.release(old.id) == []
+    assert led.lease_of("olga/").id == new.id
+
+
+def test_adopting_a_container_restores_its_lease():
+    led = ledger()
+    lease = led.adopt("a/", ("GPU-2",), "c1", "lease-1", "students")
+    assert lease.id == "lease-1" and led.holder["GPU-2"] == "lease-1" and led.by_container["c1"] == "lease-1"
+    assert led.request("b/", ONE_GPU).devices == ("GPU-0",)
+
+
+def test_adopt_refuses_held_unknown_and_queued_claims():
+    led = ledger()
+    led.adopt("a/", ("GPU-2",), "c1")
+    with pytest.raises(AllocationError, match="held by"):
+        led.adopt("b/", ("GPU-2",), "c2")
+    with pytest.raises(AllocationError, match="not in the inventory"):
+        led.adopt("c/", ("GPU-gone",), "c3")
+    led.request("w/", Request(4))  # waits: only 3 GPUs free
+    with pytest.raises(AllocationError, match="already holds or waits"):
+        led.adopt("w/", ("GPU-0",), "c4")
+    assert led.position("w/") == (1, 1)
+
+
+def test_quarantined_devices_go_to_nobody_until_lifted():
+    led = ledger()
+    lease = led.request("a/", ONE_GPU)
+    led.block("c-conflict", ["GPU-0", "GPU-1"], "two containers")
+    led.release(lease.id)
+    assert [d.uuid for d in led.free(ONE_GPU)] == ["GPU-2", "GPU-3"]
+    assert led.request("b/", TWO_GPUS).devices == ("GPU-2", "GPU-3")
+    assert led.request("c/", ONE_GPU) is None
+    assert led.quarantined("GPU-0") == ["two containers"]
+    granted = led.lift("c-conflict")
+    assert [(g.owner, g.devices) for g in granted] == [("c/", ("GPU-0",))]
+
+
+def test_a_device_quarantined_twice_stays_out_until_both_are_lifted():
+    led = ledger()
+    led.block("c1", ["GPU-0"], "a")
+    led.block("health:GPU-0", ["GPU-0"], "lost")
+    led.lift("c1")
+    assert "GPU-0" not in {d.uuid for d in led.free()}
+    led.lift("health:GPU-0")
+    assert "GPU-0" in {d.uuid for d in led.free()}
+
+
+def test_a_request_larger_than_the_usable_devices_is_refused():
+    led = ledger()
+    led.block("health:GPU-3", ["GPU-3"], "lost")
+    with pytest.raises(AllocationError, match="this host has 3"):
+        led.request("a/", Request(4))
+
+
+def test_a_restored_queue_entry_keeps_its_place_and_lease_id():
     led = ledger()
     led.request("a/", Request(4))
-    led.request("b/", ONE_GPU)
-    report = led.reconcile({})
-    assert report.released == {"a/": ("GPU-0", "GPU-1", "GPU-2", "GPU-3")}
-    assert [g.owner for g in led.dispatch()] == ["b/"]
-
-
-def test_a_device_unknown_to_the_inventory_is_reported_not_adopted():
-    led = ledger()
-    report = led.reconcile({"x/": ("GPU-gone",)})
-    assert report.conflicts == {"x/": ("GPU-gone",)}
-    assert "x/" not in led.holdings
+    led.request("late/", ONE_GPU)
+    led.request("early/", ONE_GPU, lease_id="L-early", arrival=-5)
+    assert led.position("early/") == (1, 2)
+    granted = release(led, "a/")
+    assert [(g.owner, g.id) for g in granted][:1] == [("early/", "L-early")]
 
 
 REQUESTS = st.sampled_from([ONE_GPU, TWO_GPUS, Request(3), ONE_SLICE, Request(2, mig_profile="1g.10gb")])
 OWNERS = st.sampled_from([f"u{i}/" for i in range(8)])
+DEVICES = st.sampled_from([d.uuid for d in GPUS + MIG])
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """Random interleavings of request / release / cancel / rebuild never break the ledger."""
+    """Random interleavings of request / bind / gone / cancel / quarantine / restart never break the ledger."""
 
     def __init__(self):
         super().__init__()
         self.led = ledger()
         self.keys = {}  # owner -> (priority, arrival) of its current wait
+        self.requests = {}
+        self.arrival = 0
+        self.containers = 0
 
     def _check_order(self, granted):
         # Within a kind of device, grants follow queue order: nobody still waiting
         # for the same kind was ahead (higher priority, or same priority and earlier).
         for g in granted:
             req_pools = set(self.led.pools_for(self.requests[g.owner]))
-            for owner, request in self.led.waiting():
-                if set(self.led.pools_for(request)) == req_pools:
-                    assert self.keys[owner] > self.keys[g.owner], (owner, g.owner)
+            for w in self.led.waiting():
+                if set(self.led.pools_for(w.request)) == req_pools:
+                    assert self.keys[w.owner] > self.keys[g.owner], (w.owner, g.owner)
 
     @rule(owner=OWNERS, request=REQUESTS, priority=st.integers(0, 2))
     def ask(self, owner, request, priority):
-        if owner in self.led.holdings or owner in dict(self.led.waiting()):
+        if self.led.lease_of(owner) or self.led.waiter(owner) or not self.led.satisfiable(request):
             return
-        self.requests = getattr(self, "requests", {})
         self.requests[owner] = request
-        self.arrival = getattr(self, "arrival", 0) + 1
+        self.arrival += 1
         self.keys[owner] = (-priority, self.arrival)
-        before = dict(self.led.holdings)
-        grant = self.led.request(owner, request, priority)
-        granted = [type("G", (), {"owner": o})() for o in self.led.holdings if o not in before]
-        self._check_order(granted)
-        if grant is not None:
-            assert len(grant.devices) == request.count
-            assert all(request.accepts(self.led.devices[u]) for u in grant.devices)
+        before = set(self.led.by_owner)
+        lease = self.led.request(owner, request, priority)
+        self._check_order([self.led.lease_of(o) for o in self.led.by_owner if o not in before and o != owner])
+        if lease is not None:
+            assert len(lease.devices) == request.count
+            assert all(request.accepts(self.led.devices[u]) for u in lease.devices)
 
     @rule(owner=OWNERS)
-    def release(self, owner):
-        self._check_order(self.led.release(owner))
+    def container_created(self, owner):
+        lease = self.led.lease_of(owner)
+        if lease and lease.container is None:
+            self.containers += 1
+            self.led.bind(lease.id, f"c{self.containers}")
+
+    @rule(owner=OWNERS)
+    def container_gone(self, owner):
+        lease = self.led.lease_of(owner)
+        if lease and lease.container:
+            self._check_order(self.led.gone(lease.container))
 
     @rule(owner=OWNERS)
     def cancel(self, owner):
         self._check_order(self.led.cancel(owner))
 
-    @precondition(lambda self: self.led.holdings)
+    @rule(key=st.sampled_from(["q1", "q2"]), devices=st.lists(DEVICES, max_size=3))
+    def quarantine(self, key, devices):
+        self.led.block(key, devices, "test")
+
+    @rule(key=st.sampled_from(["q1", "q2"]))
+    def lift(self, key):
+        self._check_order(self.led.lift(key))
+
+    @precondition(lambda self: any(lease.container for lease in self.led.leases.values()))
     @rule()
     def hub_restarts(self):
-        holdings = dict(self.led.holdings)
+        bound = [lease for lease in self.led.leases.values() if lease.container]
         waiting = self.led.waiting()
+        quarantine = dict(self.led.quarantine)
         fresh = ledger()
-        report = fresh.rebuild(holdings)
-        assert report.conflicts == {} and fresh.holdings == holdings
-        # waiters re-ask after a restart, in their old order
-        for owner, request in waiting:
-            fresh.request(owner, request, -self.keys[owner][0])
+        for key, (devices, reason) in quarantine.items():
+            fresh.block(key, devices, reason)
+        for lease in bound:
+            fresh.adopt(lease.owner, lease.devices, lease.container, lease.id)
+        for w in waiting:  # the saved queue, in its old order
+            if fresh.satisfiable(w.request):
+                fresh.request(w.owner, w.request, w.priority, w.charged_to, w.lease_id, w.arrival)
+        assert {lease.id: lease.devices for lease in bound} == {
+            i: x.devices for i, x in fresh.leases.items() if x.container
+        }
         self.led = fresh
 
     @invariant()
-    def no_device_is_held_twice(self):
-        seen = [u for devs in self.led.holdings.values() for u in devs]
+    def no_device_is_held_twice_or_while_quarantined(self):
+        seen = [u for lease in self.led.leases.values() for u in lease.devices]
         assert len(seen) == len(set(seen))
-        assert {u: o for o, devs in self.led.holdings.items() for u in devs} == self.led.holder
+        assert {u: lease.id for lease in self.led.leases.values() for u in lease.devices} == self.led.holder
 
     @invariant()
-    def free_and_held_partition_the_inventory(self):
+    def free_held_and_quarantined_partition_the_inventory(self):
         free = {d.uuid for d in self.led.free()}
-        assert free.isdisjoint(self.led.holder)
-        assert free | set(self.led.holder) == set(self.led.devices)
+        blocked = {u for devices, _ in self.led.quarantine.values() for u in devices}
+        assert free.isdisjoint(self.led.holder) and free.isdisjoint(blocked)
+        assert free | set(self.led.holder) | (blocked & set(self.led.devices)) == set(self.led.devices)
 
     @invariant()
     def nobody_waits_while_holding(self):
-        assert not set(dict(self.led.waiting())) & set(self.led.holdings)
+        assert not {w.owner for w in self.led.waiting()} & set(self.led.by_owner)
 
     def teardown(self):
-        for owner in list(self.led.holdings) + [o for o, _ in self.led.waiting()]:
-            self.led.release(owner)
+        for key in list(self.led.quarantine):
+            self.led.lift(key)
+        while self.led.leases or self.led.waiting():
+            for lease in list(self.led.leases.values()):
+                self.led.release(lease.id)
+            for w in self.led.waiting():
+                self.led.cancel(w.owner)
         assert len(self.led.free()) == len(self.led.devices), "devices leaked"
 
 

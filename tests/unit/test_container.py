@@ -96,6 +96,7 @@ def test_labels_let_the_hub_find_its_containers():
         "gpuhub.server": "big",
         "gpuhub.devices": "GPU-a,MIG-b",
         "gpuhub.quota": "",
+        "gpuhub.lease": "",
     }
 
 

@@ -51,13 +51,6 @@ def test_without_static_gpus_nvml_is_asked(tmp_path):
         ([], "must hold a JSON object"),
         ({**GOOD, "profile": []}, "unknown keys: profile"),
         ({**GOOD, "gpus": ["GPU-a", "GPU-a"]}, "listed twice"),
-        (
-            {
-                **GOOD,
-                "profiles": GOOD["profiles"] + [{"slug": "x", "display_name": "X", "gpu": {"count": 2}}],
-            },
-            "this host has 1 such",
-        ),
         ({**GOOD, "quota": {"groups": {"students": {"profiles": ["gpu"]}}}}, "unknown profile(s): gpu"),
         ({**GOOD, "quota": {"default": {"priority": "high"}}}, "priority"),
         ({**GOOD, "exclude": "GPU-a"}, "exclude must be a list"),
@@ -82,3 +75,11 @@ def test_the_shipped_example_is_valid():
     gpus = {"gpus": ["GPU-0", "GPU-1", {"uuid": "MIG-0", "mig_profile": "1g.10gb", "parent": "GPU-2"}]}
     data = {**json.loads(example.read_text()), **gpus}
     assert gpu_config._validate(data, None)["profiles"]
+
+
+def test_a_profile_the_host_cannot_serve_is_disabled_with_a_line_and_the_hub_starts(tmp_path):
+    data = {**GOOD, "profiles": GOOD["profiles"] + [{"slug": "x", "display_name": "X", "gpu": {"count": 2}}]}
+    loaded = gpu_config.load(write(tmp_path, data))
+    assert loaded["disabled"] == [
+        "profile 'x' asks for 2 x GPU but this host has 1 such device(s): disabled until it can"
+    ]

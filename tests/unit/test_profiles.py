@@ -53,8 +53,6 @@ def test_profiles_parse_into_requests_and_limits():
             {"slug": "x", "display_name": "X", "gpu": {"count": 1, "mig_profile": "9g.99gb"}},
             "unknown MIG profile",
         ),
-        ({"slug": "x", "display_name": "X", "gpu": {"count": 3}}, "asks for 3 x GPU but this host has 2"),
-        ({"slug": "x", "display_name": "X", "gpu": {"count": 2, "mig_profile": "1g.10gb"}}, "has 1 such"),
         ({"slug": "x", "display_name": "X", "gpu": {"count": 0}}, "count must be a whole number >= 1"),
         ({"slug": "x", "display_name": "X", "gpu": {"count": 1, "colour": "red"}}, "unknown keys: colour"),
         ({"slug": "x", "display_name": "X", "gpu": {"mig_profile": "1g.10gb", "model": "A100"}}, "not both"),
@@ -76,6 +74,12 @@ def test_duplicate_slugs_and_two_defaults_are_refused():
         profiles.parse([CPU, CPU])
     with pytest.raises(ProfileError, match="only one profile may be the default"):
         profiles.parse([{**CPU, "default": True}, {**MIG, "default": True}])
+
+
+def test_a_profile_the_host_cannot_serve_is_kept_and_named_as_unservable_not_refused():
+    parsed = profiles.parse([CPU, {"slug": "x", "display_name": "X", "gpu": {"count": 3}}], HOST)
+    assert profiles.unservable(parsed[1], 2) == "profile 'x' asks for 3 x GPU but this host has 2 such device(s)"
+    assert profiles.unservable(parsed[1], 3) == "" and profiles.unservable(parsed[0], 0) == ""
 
 
 def test_without_gpus_gpu_profiles_are_kept_but_not_checked_against_the_host():

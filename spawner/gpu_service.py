@@ -1,0 +1,693 @@
+"""The hub's GPU service: one per hub process, shared by every spawner.
+
+It owns the ledger of leases and talks to the container engine through the
+narrow `Engine` seam. Its rules:
+
+- **Admission in one step.** `reserve()` runs admission against the current
+  usage and enters the result in the ledger in the same event-loop step.
+- **Release only on the engine's word.** A lease ends, and its devices go back,
+  only when the engine answers 404 for the lease's container, or after gpuhub
+  itself force-removed that container. Errors and timeouts never free a device.
+- **Quarantine what nobody accounts for.** Devices that a container uses but no
+  lease accounts for (conflicts, devices missing from the inventory, partial
+  holdings), devices NVML lost, and devices that failed several starts in a row
+  are given to nobody until their cause is gone.
+- **Orphans are stopped.** Hub-labelled containers that no spawner claims are
+  removed after a grace period; their devices come back once they are gone.
+- **The queue survives a restart.** It is written to a file; after a restart
+  waiting servers keep their place for a while, and a student who starts again
+  takes it back.
+
+NVML and the engine run in threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from . import container
+from .admission import Refusal, SpawnPlan, Usage
+from .allocator import AllocationError, Lease, Ledger
+from .devices import Request
+from .engine import ContainerView, Engine, EngineError
+from .inventory import Inventory
+
+DEVICES_TOTAL = Gauge("gpuhub_devices_total", "Allocatable GPU devices", ["model", "mig_profile"])
+DEVICES_HELD = Gauge("gpuhub_devices_held", "GPU devices held by user servers", ["model", "mig_profile"])
+DEVICES_QUARANTINED = Gauge(
+    "gpuhub_devices_quarantined", "GPU devices given to nobody until their cause is gone", ["model", "mig_profile"]
+)
+QUEUE_LENGTH = Gauge("gpuhub_queue_length", "Servers waiting for GPU devices")
+CONFLICTS = Counter("gpuhub_lease_conflicts", "Containers found using devices that another lease holds or gpuhub lacks")
+ORPHANS_REMOVED = Counter("gpuhub_orphans_removed", "Hub-labelled containers no spawner claimed, removed")
+WAIT_SECONDS = Histogram(
+    "gpuhub_gpu_wait_seconds",
+    "Time servers waited for GPU devices",
+    buckets=(0.1, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+HEALTH = "health:"  # quarantine keys for device health, beside container ids
+
+
+def owner_key(username: str, server_name: str) -> str:
+    return f"{username}/{server_name}"
+
+
+class ServiceBusy(Exception):
+    """The engine did not confirm something the start needs (one line for the user)."""
+
+
+@dataclass
+class Ticket:
+    """One admitted start: its plan and, for GPU profiles, its lease (now or after the queue)."""
+
+    owner: str
+    plan: SpawnPlan
+    lease_id: str | None = None
+    future: asyncio.Future | None = None  # resolved with the Lease while queued
+    container: str | None = None  # the container this start created, once it exists
+    device_failure: bool = False  # the start failed in a way that may be the device's fault
+
+
+@dataclass
+class _Restored:
+    """A queue entry (or its grant) restored after a hub restart, kept until `until`."""
+
+    until: float
+    profile: str = ""
+
+
+@dataclass
+class ServiceConfig:
+    hub_id: str
+    queue_file: str = ""
+    reconcile_interval: float = 60
+    rediscover_interval: float = 0
+    orphan_grace: float = 300
+    start_failures_to_quarantine: int = 3
+    queue_resume_timeout: float = 300
+    stop_timeout: float = 10
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class GPUService:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        engine: Engine,
+        load_inventory: Callable[[], Inventory],
+        log: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.engine = engine
+        self.load_inventory = load_inventory
+        self.log = log or logging.getLogger("gpuhub")
+        self.clock = clock
+        self.ledger: Ledger | None = None
+        self.inventory: Inventory | None = None
+        self._ready_lock = asyncio.Lock()
+        self._futures: dict[str, asyncio.Future] = {}  # owner -> its waiting start
+        self._starting: set[str] = set()  # owners between reserve and a running server
+        self._restored: dict[str, _Restored] = {}
+        self._claimed: dict[str, float] = {}  # container id -> when a spawner last said it is theirs
+        self._first_seen: dict[str, float] = {}
+        self._removed: OrderedDict[str, None] = OrderedDict()  # containers the engine confirmed gone
+        self._removing: set[str] = set()
+        self._failures: dict[str, int] = {}  # device -> failed starts in a row
+        self._tasks: list[asyncio.Task] = []
+        self._queue_dirty = asyncio.Event()
+
+    # --- start-up ---------------------------------------------------------------------------
+    async def ready(self) -> Ledger:
+        """Load the inventory and rebuild the ledger from the engine, once."""
+        if self.ledger is not None:
+            return self.ledger
+        async with self._ready_lock:
+            if self.ledger is None:
+                inventory = await asyncio.get_running_loop().run_in_executor(None, self.load_inventory)
+                self._log_inventory(inventory)
+                ledger = Ledger(inventory.devices)
+                listed = await self.engine.list(self._hub_labels())
+                self.inventory, self.ledger = inventory, ledger
+                self._quarantine_unhealthy(inventory)
+                self._account(listed, "rebuilt from the engine")
+                self._restore_queue()
+                self._wake(ledger.dispatch())
+                self._start_background()
+                self._update_metrics()
+        return self.ledger
+
+    def _start_background(self) -> None:
+        c = self.config
+        if c.reconcile_interval > 0:
+            self._tasks.append(asyncio.ensure_future(self._every(c.reconcile_interval, self.reconcile, "reconcile")))
+        if c.rediscover_interval > 0:
+            self._tasks.append(asyncio.ensure_future(self._every(c.rediscover_interval, self.rediscover, "rediscover")))
+        if c.queue_file:
+            self._tasks.append(asyncio.ensure_future(self._write_queue_forever()))
+
+    async def _every(self, interval: float, job: Callable, what: str) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception as e:
+                self.log.warning("gpuhub: %s failed (%s); will retry in %.0f s", what, e, interval)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    # --- admission and reservation ------------------------------------------------------------
+    def usage(self, username: str, besides: str = "") -> Usage:
+        """Devices held or waited for by this user and per quota, except the owner `besides`."""
+        prefix = owner_key(username, "")
+        user = 0
+        by_quota: dict[str, int] = {}
+        for owner, count, charged in self._claims():
+            if owner == besides:
+                continue
+            if owner.startswith(prefix):
+                user += count
+            by_quota[charged] = by_quota.get(charged, 0) + count
+        return Usage(user, by_quota)
+
+    def _claims(self):
+        for lease in self.ledger.leases.values():
+            yield lease.owner, len(lease.devices), lease.charged_to
+        for w in self.ledger.waiting():
+            yield w.owner, w.request.count, w.charged_to
+
+    def usable(self, request: Request) -> int:
+        return self.ledger.usable(request) if self.ledger else 0
+
+    def reserve(self, owner: str, username: str, admit: Callable[[Usage], SpawnPlan | Refusal]) -> Ticket | Refusal:
+        """Decide and reserve in one step: no await between admission and the ledger entry."""
+        ledger = self.ledger
+        if owner in self._starting:
+            return Refusal(409, "this server is already starting")
+        restored = self._restored.pop(owner, None)
+        outcome = admit(self.usage(username, besides=owner))
+        if isinstance(outcome, Refusal):
+            if restored:
+                self._drop_restored(owner)
+            return outcome
+        ticket = Ticket(owner, outcome)
+        if outcome.request is None:
+            if restored:
+                self._drop_restored(owner)
+            self._starting.add(owner)
+            return ticket
+        lease, waiter = ledger.lease_of(owner), ledger.waiter(owner)
+        if restored and lease is not None and lease.container is None and _fits(lease, outcome.request, ledger):
+            ticket.lease_id = lease.id  # granted while the hub was restarting: take it
+        elif restored and waiter is not None and waiter.request == outcome.request:
+            ticket.lease_id = waiter.lease_id  # keep the place held since before the restart
+            ticket.future = self._futures[owner] = asyncio.get_running_loop().create_future()
+        else:
+            if restored:
+                self._drop_restored(owner)
+            if ledger.lease_of(owner) is not None or ledger.waiter(owner) is not None:
+                return Refusal(409, "your previous server still holds GPU devices; try again in a minute")
+            try:
+                granted = ledger.request(owner, outcome.request, outcome.priority, outcome.charged_to)
+            except AllocationError as e:
+                return Refusal(400, str(e))
+            if granted is not None:
+                ticket.lease_id = granted.id
+            else:
+                ticket.lease_id = ledger.waiter(owner).lease_id
+                ticket.future = self._futures[owner] = asyncio.get_running_loop().create_future()
+        self._starting.add(owner)
+        self._queue_changed()
+        return ticket
+
+    async def wait(self, ticket: Ticket, timeout: float) -> Lease | None:
+        """The ticket's lease, once granted (raises TimeoutError after `timeout`). None for CPU servers."""
+        if ticket.plan.request is None:
+            return None
+        if ticket.future is None:
+            return self.ledger.leases[ticket.lease_id]
+        started = self.clock()
+        try:
+            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
+        finally:
+            WAIT_SECONDS.observe(self.clock() - started)
+
+    def bind(self, ticket: Ticket, container_id: str) -> None:
+        """The start created its container: the lease is that container's from now on."""
+        self._claimed[container_id] = self.clock()
+        ticket.container = container_id
+        if ticket.lease_id and ticket.lease_id in self.ledger.leases:
+            self.ledger.bind(ticket.lease_id, container_id)
+
+    @contextlib.asynccontextmanager
+    async def starting(self, ticket: Ticket, timeout: float) -> AsyncIterator[Lease | None]:
+        """Hold the ticket's lease while the server starts; undo everything if the start fails or is cancelled.
+
+        The undo is shielded from cancellation: a `docker start` still running in a
+        thread must find its container force-removed before any device goes back.
+        """
+        try:
+            lease = await self.wait(ticket, timeout)
+            yield lease
+        except BaseException as e:
+            self._count_failure(ticket, e)
+            await asyncio.shield(self.abort(ticket))
+            raise
+        else:
+            self._count_success(ticket)
+        finally:
+            self._starting.discard(ticket.owner)
+            self._futures.pop(ticket.owner, None)
+
+    async def abort(self, ticket: Ticket) -> None:
+        """Undo a start: leave the queue, or force-remove whatever container it made, then release."""
+        ledger = self.ledger
+        waiter = ledger.waiter(ticket.owner)
+        if ticket.lease_id and waiter is not None and waiter.lease_id == ticket.lease_id:
+            self._wake(ledger.cancel(ticket.owner))
+            self._queue_changed()
+            return
+        lease = ledger.leases.get(ticket.lease_id) if ticket.lease_id else None
+        made = {ticket.container} if ticket.container else set()
+        try:
+            if lease is not None:
+                # A create still in flight when the start was cancelled is found by its lease label.
+                labels = {**self._hub_labels(), container.LABEL_LEASE: lease.id}
+                made |= {c.id for c in await self.engine.list(labels)}
+                if lease.container:
+                    made.add(lease.container)
+            for cid in made:
+                await self._remove(cid)
+        except EngineError as e:
+            self.log.error(
+                "gpuhub: %s: could not remove the container of a failed start (%s); its devices %s stay held"
+                " until the engine confirms it is gone",
+                ticket.owner,
+                e,
+                ",".join(lease.devices) if lease else "none",
+            )
+            return
+        if lease is not None and lease.id in ledger.leases:  # never got a container
+            self._release(lease.id)
+
+    async def clear_previous(self, owner: str, username: str, server: str) -> None:
+        """Before a start: remove the owner's old container (a failed stop, an orphan), then free its lease."""
+        labels = {**self._hub_labels(), container.LABEL_USER: username}
+        try:
+            old = [c for c in await self.engine.list(labels) if c.labels.get(container.LABEL_SERVER, "") == server]
+            for c in old:
+                self.log.warning("gpuhub: %s: removing its previous container %s before starting", owner, c.id[:12])
+                await self._remove(c.id)
+            lease = self.ledger.lease_of(owner)
+            if lease is not None and lease.container is not None and owner not in self._restored:
+                if await self.engine.inspect(lease.container) is None:
+                    self._gone(lease.container)
+                else:
+                    await self._remove(lease.container)
+        except EngineError as e:
+            raise ServiceBusy(f"your previous server is still stopping ({e}); try again in a minute") from None
+        lease = self.ledger.lease_of(owner)
+        if (
+            lease is not None
+            and lease.container is None
+            and owner not in self._restored
+            and owner not in self._starting
+        ):
+            self._release(lease.id)  # a start that never made a container
+
+    # --- what spawners report ------------------------------------------------------------------
+    def claim(self, container_id: str) -> None:
+        self._claimed[container_id] = self.clock()
+
+    async def poll(self, owner: str, container_id: str) -> int | None:
+        """None while the container runs or the engine does not answer; its exit status once it is gone."""
+        self.claim(container_id)
+        try:
+            view = await self.engine.inspect(container_id)
+        except EngineError as e:
+            self.log.warning("gpuhub: %s: the engine did not answer about %s (%s)", owner, container_id[:12], e)
+            return None
+        if view is None:
+            self._gone(container_id)
+            return 0
+        if view.running or owner in self._starting:
+            return None
+        try:
+            await self._remove(container_id)
+        except EngineError as e:
+            self.log.warning(
+                "gpuhub: %s: container %s stopped but is not removed yet (%s)", owner, container_id[:12], e
+            )
+        return view.exit_code
+
+    async def stop(self, owner: str, container_id: str, timeout: float) -> None:
+        """Stop and remove the container; its devices go back once the engine confirms. Raises EngineError."""
+        self.claim(container_id)
+        await self.engine.stop(container_id, timeout)
+        await self._remove(container_id)
+
+    # --- the engine's word -----------------------------------------------------------------------
+    async def _remove(self, container_id: str) -> None:
+        await self.engine.remove(container_id)
+        self._gone(container_id)
+
+    def _gone(self, container_id: str) -> None:
+        self._removed[container_id] = None
+        while len(self._removed) > 10_000:
+            self._removed.popitem(last=False)
+        self._claimed.pop(container_id, None)
+        self._first_seen.pop(container_id, None)
+        if self.ledger is not None:
+            self._wake(self.ledger.gone(container_id))
+            self._update_metrics()
+
+    def _release(self, lease_id: str) -> None:
+        self._wake(self.ledger.release(lease_id))
+        self._update_metrics()
+
+    # --- reconcile: compare the ledger with the engine -------------------------------------------
+    async def reconcile(self) -> None:
+        ledger = self.ledger
+        listed = await self.engine.list(self._hub_labels())
+        seen = {c.id for c in listed}
+        unlisted = [cid for cid in list(ledger.by_container) + list(ledger.quarantine) if cid not in seen]
+        gone = []
+        for cid in unlisted:
+            if cid.startswith(HEALTH):
+                continue
+            if await self.engine.inspect(cid) is None:
+                gone.append(cid)
+        # From here on no await: the ledger cannot change under the decisions below.
+        for cid in gone:
+            self._gone(cid)
+        self._account(listed, "reconciled with the engine")
+        self._remove_orphans(listed)
+        self._expire_restored()
+        self._wake(ledger.dispatch())
+        self._update_metrics()
+
+    def _account(self, listed: list[ContainerView], what: str) -> None:
+        """Make every device that a live container uses unavailable: a lease, or a quarantine."""
+        ledger = self.ledger
+        now = self.clock()
+        for c in sorted(listed, key=lambda c: (c.created, c.id)):
+            if c.id in self._removed:
+                continue  # listed before gpuhub removed it
+            self._first_seen.setdefault(c.id, now)
+            if not c.devices or not c.may_hold_devices:
+                continue
+            known = ledger.by_container.get(c.id)
+            if known is not None:
+                extra = [d for d in c.devices if d not in ledger.leases[known].devices]
+                if extra and c.id not in ledger.quarantine:
+                    self._conflict(c, extra, f"uses {','.join(extra)} beyond its lease", what)
+                continue
+            if c.id in ledger.quarantine:
+                continue
+            lease_id = c.labels.get(container.LABEL_LEASE, "")
+            mine = ledger.leases.get(lease_id)
+            if mine is not None and mine.container is None and mine.owner == c.owner:
+                ledger.bind(lease_id, c.id)  # created, the start has not bound it yet
+                continue
+            try:
+                lease = ledger.adopt(
+                    c.owner, c.devices, c.id, lease_id or None, c.labels.get(container.LABEL_QUOTA, "")
+                )
+                self.log.info(
+                    "gpuhub: %s: %s holds %s (container %s)", what, c.owner, ",".join(lease.devices), c.id[:12]
+                )
+            except AllocationError as e:
+                self._conflict(c, c.devices, str(e), what)
+
+    def _conflict(self, c: ContainerView, devices, reason: str, what: str) -> None:
+        ledger = self.ledger
+        holders = sorted(
+            {ledger.leases[ledger.holder[d]].container or "(starting)" for d in devices if d in ledger.holder}
+        )
+        self.ledger.block(c.id, devices, f"container {c.id[:12]} of {c.owner}: {reason}")
+        CONFLICTS.inc()
+        self.log.error(
+            "gpuhub: %s: CONFLICT: container %s of %s uses %s (%s); other holder(s): %s."
+            " Quarantined until container %s is gone",
+            what,
+            c.id[:12],
+            c.owner,
+            ",".join(devices),
+            reason,
+            ", ".join(h[:12] for h in holders) or "none",
+            c.id[:12],
+        )
+
+    def _remove_orphans(self, listed: list[ContainerView]) -> None:
+        grace = self.config.orphan_grace
+        if grace <= 0:
+            return
+        now = self.clock()
+        for c in listed:
+            if c.id in self._removed or c.id in self._removing:
+                continue
+            since = max(self._first_seen.get(c.id, now), self._claimed.get(c.id, 0))
+            if now - since >= grace:
+                self._removing.add(c.id)
+                self._tasks.append(asyncio.ensure_future(self._remove_orphan(c)))
+
+    async def _remove_orphan(self, c: ContainerView) -> None:
+        try:
+            await self._remove(c.id)
+            ORPHANS_REMOVED.inc()
+            self.log.warning(
+                "gpuhub: removed orphan container %s of %s (unclaimed for %.0f s); devices %s are free again",
+                c.id[:12],
+                c.owner,
+                self.config.orphan_grace,
+                ",".join(c.devices) or "none",
+            )
+        except EngineError as e:
+            self.log.warning("gpuhub: could not remove orphan container %s (%s); will retry", c.id[:12], e)
+        finally:
+            self._removing.discard(c.id)
+
+    # --- inventory health --------------------------------------------------------------------------
+    async def rediscover(self) -> None:
+        """Read the inventory again (in a thread): quarantine lost or unhealthy devices, lift recovered ones."""
+        inventory = await asyncio.get_running_loop().run_in_executor(None, self.load_inventory)
+        if inventory.source == "static":
+            return
+        self._quarantine_unhealthy(inventory)
+        self._wake(self.ledger.dispatch())
+        self._update_metrics()
+
+    def _quarantine_unhealthy(self, inventory: Inventory) -> None:
+        ledger = self.ledger
+        present = {d.uuid for d in inventory.devices}
+        unhealthy = dict(getattr(inventory, "unhealthy", {}) or {})
+        for uuid in ledger.devices:
+            key = HEALTH + uuid
+            if uuid in unhealthy or uuid not in present:
+                reason = unhealthy.get(uuid) or "lost: NVML no longer lists it"
+                if key not in ledger.quarantine or ledger.quarantine[key][1] != reason:
+                    self.log.error("gpuhub: GPU device %s quarantined: %s", uuid, reason)
+                    ledger.block(key, [uuid], reason)
+            elif key in ledger.quarantine and not ledger.quarantine[key][1].startswith("failed"):
+                self.log.warning("gpuhub: GPU device %s is back; quarantine lifted", uuid)
+                ledger.lift_quietly(key)
+        new = present - set(ledger.devices)
+        if new:
+            self.log.warning("gpuhub: new GPU device(s) %s: restart the hub to hand them out", ",".join(sorted(new)))
+
+    def _count_failure(self, ticket: Ticket, error: BaseException) -> None:
+        lease = self.ledger.leases.get(ticket.lease_id or "")
+        if lease is None or not ticket.device_failure:
+            return
+        for uuid in lease.devices:
+            n = self._failures[uuid] = self._failures.get(uuid, 0) + 1
+            if n >= self.config.start_failures_to_quarantine:
+                reason = f"failed {n} starts in a row"
+                self.log.error("gpuhub: GPU device %s quarantined: %s", uuid, reason)
+                self.ledger.block(HEALTH + uuid, [uuid], reason)
+
+    def _count_success(self, ticket: Ticket) -> None:
+        lease = self.ledger.leases.get(ticket.lease_id or "")
+        for uuid in lease.devices if lease else ():
+            self._failures.pop(uuid, None)
+
+    def lift(self, key: str) -> None:
+        """A lab admin fixed the cause: give the quarantined devices out again."""
+        for uuid in self.ledger.quarantine.get(key, ((), ""))[0]:
+            self._failures.pop(uuid, None)
+        self._wake(self.ledger.lift(key))
+        self._update_metrics()
+
+    # --- waking waiters ---------------------------------------------------------------------------
+    def _wake(self, grants: list[Lease]) -> None:
+        for lease in grants:
+            future = self._futures.pop(lease.owner, None)
+            if future is not None and not future.done():
+                future.set_result(lease)
+            elif lease.owner in self._restored:
+                self.log.info("gpuhub: %s granted %s; kept for them to start again", lease.owner, lease.devices)
+            else:  # nobody waits for it any more
+                self._wake(self.ledger.release(lease.id))
+        if grants:
+            self._queue_changed()
+
+    # --- the queue on disk ---------------------------------------------------------------------------
+    def _queue_changed(self) -> None:
+        self._queue_dirty.set()
+        if self.ledger is not None:
+            QUEUE_LENGTH.set(len(self.ledger.waiting()))
+
+    def queue_snapshot(self) -> dict:
+        ledger = self.ledger
+        entries = [
+            {
+                "lease": w.lease_id,
+                "owner": w.owner,
+                "count": w.request.count,
+                "mig_profile": w.request.mig_profile,
+                "model": w.request.model,
+                "priority": w.priority,
+                "arrival": w.arrival,
+                "charged_to": w.charged_to,
+            }
+            for w in ledger.waiting()
+        ]
+        return {"version": 1, "hub": self.config.hub_id, "queue": entries}
+
+    async def _write_queue_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._queue_dirty.wait()
+            self._queue_dirty.clear()
+            data = json.dumps(self.queue_snapshot())
+            try:
+                await loop.run_in_executor(None, _write_atomically, self.config.queue_file, data)
+            except OSError as e:
+                self.log.warning("gpuhub: could not save the GPU queue to %s (%s)", self.config.queue_file, e)
+            await asyncio.sleep(0.2)  # coalesce a storm of changes into few writes
+
+    def write_queue_now(self) -> None:
+        if self.config.queue_file and self.ledger is not None:
+            _write_atomically(self.config.queue_file, json.dumps(self.queue_snapshot()))
+
+    def _restore_queue(self) -> None:
+        path = self.config.queue_file
+        if not path or not os.path.exists(path):
+            return
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            entries = sorted(data.get("queue", []), key=lambda e: e["arrival"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            self.log.error("gpuhub: the saved GPU queue %s is unreadable (%s); starting with an empty queue", path, e)
+            return
+        until = self.clock() + self.config.queue_resume_timeout
+        restored = 0
+        for e in entries:
+            owner = str(e.get("owner", ""))
+            try:
+                request = Request(int(e["count"]), e.get("mig_profile"), e.get("model"))
+                self.ledger.request(
+                    owner,
+                    request,
+                    int(e.get("priority", 0)),
+                    str(e.get("charged_to", "")),
+                    e.get("lease"),
+                    e["arrival"],
+                )
+            except (AllocationError, ValueError, KeyError, TypeError) as err:
+                self.log.warning("gpuhub: saved queue entry of %s not restored: %s", owner, err)
+                continue
+            self._restored[owner] = _Restored(until)
+            restored += 1
+        if restored:
+            self.log.info(
+                "gpuhub: restored %d waiting server(s) in their queue order; each keeps its place for %.0f s",
+                restored,
+                self.config.queue_resume_timeout,
+            )
+
+    def _expire_restored(self) -> None:
+        now = self.clock()
+        for owner, r in list(self._restored.items()):
+            if now >= r.until:
+                self.log.info("gpuhub: %s did not start again after the restart; their queue place is given up", owner)
+                del self._restored[owner]
+                self._drop_restored(owner)
+
+    def _drop_restored(self, owner: str) -> None:
+        ledger = self.ledger
+        self._restored.pop(owner, None)
+        lease = ledger.lease_of(owner)
+        if lease is not None and lease.container is None and owner not in self._starting:
+            self._wake(ledger.release(lease.id))
+        elif ledger.waiter(owner) is not None:
+            self._wake(ledger.cancel(owner))
+        self._queue_changed()
+
+    # --- questions ------------------------------------------------------------------------------------
+    def position(self, owner: str) -> tuple[int, int] | None:
+        return self.ledger.position(owner) if self.ledger else None
+
+    def restored_position(self, owner: str) -> tuple[int, int] | None:
+        """Position of a queue place kept over a restart (shown before the student starts again)."""
+        return self.position(owner) if owner in self._restored else None
+
+    def availability(self, request: Request) -> tuple[int, int]:
+        """(free, total usable) devices of the kind `request` asks for."""
+        return len(self.ledger.free(request)), self.ledger.usable(request)
+
+    def _hub_labels(self) -> dict[str, str]:
+        return {container.LABEL_HUB: self.config.hub_id}
+
+    def _log_inventory(self, inventory: Inventory) -> None:
+        if inventory.note:
+            self.log.warning("gpuhub: %s", inventory.note)
+        self.log.info(
+            "gpuhub: %d allocatable GPU device(s) from %s: %s",
+            len(inventory.devices),
+            inventory.source,
+            ", ".join(f"{d.uuid} ({d.kind})" for d in inventory.devices) or "none",
+        )
+
+    def _update_metrics(self) -> None:
+        ledger = self.ledger
+        if ledger is None:
+            return
+        totals: dict[tuple[str, str], list[int]] = {}
+        for d in ledger.devices.values():
+            row = totals.setdefault((d.model, d.mig_profile or ""), [0, 0, 0])
+            row[0] += 1
+            row[1] += d.uuid in ledger.holder
+            row[2] += bool(ledger.quarantined(d.uuid))
+        for key, (total, held, blocked) in totals.items():
+            DEVICES_TOTAL.labels(*key).set(total)
+            DEVICES_HELD.labels(*key).set(held)
+            DEVICES_QUARANTINED.labels(*key).set(blocked)
+        QUEUE_LENGTH.set(len(ledger.waiting()))
+
+
+def _fits(lease: Lease, request: Request, ledger: Ledger) -> bool:
+    return len(lease.devices) == request.count and all(request.accepts(ledger.devices[d]) for d in lease.devices)
+
+
+def _write_atomically(path: str, data: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
