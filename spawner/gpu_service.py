@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -253,17 +254,16 @@ class GPUService:
             self.ledger.bind(ticket.lease_id, container_id)
 
     @contextlib.asynccontextmanager
-    async def starting(self, ticket: Ticket, timeout: float) -> AsyncIterator[Lease | None]:
-        """Hold the ticket's lease while the server starts; undo everything if the start fails or is cancelled.
+    async def starting(self, ticket: Ticket) -> AsyncIterator[Ticket]:
+        """Wrap a start: if it fails or is cancelled, undo everything it reserved or created.
 
         The undo is shielded from cancellation: a `docker start` still running in a
         thread must find its container force-removed before any device goes back.
         """
         try:
-            lease = await self.wait(ticket, timeout)
-            yield lease
-        except BaseException as e:
-            self._count_failure(ticket, e)
+            yield ticket
+        except BaseException:
+            self._count_failure(ticket)
             await asyncio.shield(self.abort(ticket))
             raise
         else:
@@ -508,7 +508,7 @@ class GPUService:
         if new:
             self.log.warning("gpuhub: new GPU device(s) %s: restart the hub to hand them out", ",".join(sorted(new)))
 
-    def _count_failure(self, ticket: Ticket, error: BaseException) -> None:
+    def _count_failure(self, ticket: Ticket) -> None:
         lease = self.ledger.leases.get(ticket.lease_id or "")
         if lease is None or not ticket.device_failure:
             return
@@ -685,7 +685,7 @@ def _fits(lease: Lease, request: Request, ledger: Ledger) -> bool:
 
 
 def _write_atomically(path: str, data: str) -> None:
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as f:
         f.write(data)
         f.flush()
