@@ -341,10 +341,12 @@ class GPUService:
             self.log.warning("gpuhub: %s: the engine did not answer about %s (%s)", owner, container_id[:12], e)
             return None
         if view is None:
+            self.log.warning("gpuhub: %s: container %s is gone", owner, container_id[:12])
             self._gone(container_id)
             return 0
         if view.running or owner in self._starting:
             return None
+        self.log.warning("gpuhub: %s: container %s is %s; removing it", owner, container_id[:12], view.state)
         try:
             await self._remove(container_id)
         except EngineError as e:
