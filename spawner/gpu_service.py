@@ -581,10 +581,6 @@ class GPUService:
                 self.log.warning("gpuhub: could not save the GPU queue to %s (%s)", self.config.queue_file, e)
             await asyncio.sleep(0.2)  # coalesce a storm of changes into few writes
 
-    def write_queue_now(self) -> None:
-        if self.config.queue_file and self.ledger is not None:
-            _write_atomically(self.config.queue_file, json.dumps(self.queue_snapshot()))
-
     def _restore_queue(self) -> None:
         path = self.config.queue_file
         if not path or not os.path.exists(path):
