@@ -1,8 +1,9 @@
 """Allocator decision time at scale (pure ledger, no Docker).
 
 10,000 devices (whole GPUs of 4 models and MIG slices of 3 profiles), filled up,
-with 1,000 waiters queued; then timed: each release (which hands the device to
-the next waiter), each new request that must queue, and each cancel.
+with 1,000 waiters queued, every lease bound to a container; then timed: each
+container's end as the engine confirms it (`gone`, which ends the lease and hands
+the devices to the next waiter), each new request that must queue, and each cancel.
 Goal: p99 <= 1 ms per decision.
 
     python benchmarks/allocator.py [--devices 10000] [--waiters 1000]
@@ -38,6 +39,7 @@ def inventory(n: int) -> list[Device]:
                     mig_profile=PROFILES[i % 3],
                     parent=f"GPU-p{i // 7}",
                     index=i % 7,
+                    parent_index=i // 7,
                 )
             )
     return devices
@@ -45,6 +47,13 @@ def inventory(n: int) -> list[Device]:
 
 def requests() -> list[Request]:
     return [Request(1), Request(2), Request(1, model="H100-80GB")] + [Request(1, mig_profile=p) for p in PROFILES]
+
+
+def bind(ledger: Ledger, lease) -> str:
+    """The granted server's container is created: bind the lease to it (not timed)."""
+    container = f"c-{lease.id}"
+    ledger.bind(lease.id, container)
+    return container
 
 
 def pct(values: list[float], q: float) -> float:
@@ -64,14 +73,17 @@ def main() -> int:
     owner = 0
     while ledger.free():  # fill the host
         kind = rng.choice(kinds)
-        if ledger.request(f"u{owner}/", kind) is None:
+        lease = ledger.request(f"u{owner}/", kind)
+        if lease is None:
             ledger.cancel(f"u{owner}/")
+        else:
+            ledger.bind(lease.id, f"c{owner}")
         owner += 1
     for _ in range(args.waiters):
         assert ledger.request(f"u{owner}/", rng.choice(kinds)) is None
         owner += 1
-    timings = {"release (hands on)": [], "request (queues)": [], "cancel": []}
-    holders = list(ledger.holdings)
+    timings = {"gone (hands on)": [], "request (queues)": [], "cancel": []}
+    holders = list(ledger.by_container)
     queue_lengths = []
     for _ in range(args.ops):
         # Each step takes one waiter out (a grant or a cancel) and adds one, so the
@@ -79,20 +91,21 @@ def main() -> int:
         if rng.random() < 0.8:
             victim = holders.pop(rng.randrange(len(holders)))
             t = time.perf_counter()
-            grants = ledger.release(victim)
-            timings["release (hands on)"].append(time.perf_counter() - t)
-            holders += [g.owner for g in grants]
+            grants = ledger.gone(victim)
+            timings["gone (hands on)"].append(time.perf_counter() - t)
+            holders += [bind(ledger, g) for g in grants]
         else:
-            who = rng.choice(ledger.waiting())[0]
+            who = rng.choice(ledger.waiting()).owner
             t = time.perf_counter()
-            holders += [g.owner for g in ledger.cancel(who)]
+            grants = ledger.cancel(who)
             timings["cancel"].append(time.perf_counter() - t)
+            holders += [bind(ledger, g) for g in grants]
         while len(ledger.waiting()) < args.waiters:
             t = time.perf_counter()
-            grant = ledger.request(f"u{owner}/", rng.choice(kinds))
+            lease = ledger.request(f"u{owner}/", rng.choice(kinds))
             timings["request (queues)"].append(time.perf_counter() - t)
-            if grant:
-                holders.append(grant.owner)
+            if lease:
+                holders.append(bind(ledger, lease))
             owner += 1
         queue_lengths.append(len(ledger.waiting()))
     waiters = f"{min(queue_lengths)}-{max(queue_lengths)}"

@@ -85,6 +85,7 @@ class Ledger:
         self.holder: dict[str, str] = {}  # device uuid -> lease id
         self.quarantine: dict[str, tuple[tuple[str, ...], str]] = {}  # key -> (devices, reason)
         self._blocked: dict[str, set[str]] = {}  # device uuid -> quarantine keys
+        self._blocked_in: dict[str, int] = {}  # pool -> its quarantined devices
         self._queue: list[_Entry] = []  # kept sorted
         self._waiting: dict[str, _Entry] = {}  # owner -> entry
         self._arrival = itertools.count()
@@ -108,7 +109,7 @@ class Ledger:
 
     def usable(self, request: Request) -> int:
         """Devices of this kind that are not quarantined (held or free)."""
-        return sum(1 for p in self.pools_for(request) for d in self._pools[p] if d.uuid not in self._blocked)
+        return sum(len(self._pools[p]) - self._blocked_in.get(p, 0) for p in self.pools_for(request))
 
     def satisfiable(self, request: Request) -> bool:
         """Could this request be served on this inventory once every lease has ended?"""
@@ -250,9 +251,13 @@ class Ledger:
         self.lift_quietly(key)
         self.quarantine[key] = (devices, reason)
         for uuid in devices:
+            keys = self._blocked.setdefault(uuid, set())
             if uuid in self.devices:
                 self._unfree(uuid)
-            self._blocked.setdefault(uuid, set()).add(key)
+                if not keys:
+                    pool = _pool(self.devices[uuid])
+                    self._blocked_in[pool] = self._blocked_in.get(pool, 0) + 1
+            keys.add(key)
 
     def lift(self, key: str) -> list[Lease]:
         """End a quarantine; returns leases this made possible."""
@@ -270,6 +275,8 @@ class Ledger:
                 keys.discard(key)
                 if not keys:
                     del self._blocked[uuid]
+                    if uuid in self.devices:
+                        self._blocked_in[_pool(self.devices[uuid])] -= 1
             if uuid in self.devices:
                 self._maybe_free(uuid)
         return True

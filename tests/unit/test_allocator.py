@@ -302,6 +302,14 @@ class LedgerMachine(RuleBasedStateMachine):
         assert free | set(self.led.holder) | (blocked & set(self.led.devices)) == set(self.led.devices)
 
     @invariant()
+    def usable_counts_every_device_not_quarantined(self):
+        for request in (ONE_GPU, ONE_SLICE):
+            expected = sum(
+                1 for d in self.led.devices.values() if request.accepts(d) and not self.led.quarantined(d.uuid)
+            )
+            assert self.led.usable(request) == expected
+
+    @invariant()
     def nobody_waits_while_holding(self):
         assert not {w.owner for w in self.led.waiting()} & set(self.led.by_owner)
 
