@@ -48,3 +48,48 @@ def test_real_gpus_are_found_by_uuid_with_their_mig_profiles():
         assert any(d.uuid.startswith("GPU-") for d in found.devices)
     if "H100" in found.devices[0].model:
         assert {"1g.10gb", "7g.80gb"} <= found.mig_profiles
+
+
+def test_real_gpus_sort_in_nvml_index_order_and_multi_gpu_grants_take_neighbours():
+    from spawner.allocator import Ledger
+    from spawner.devices import Request
+
+    found = inventory.discover()
+    whole = [d for d in found.devices if not d.is_mig]
+    pynvml.nvmlInit()
+    try:
+        by_index = [
+            inventory.canonical_uuid(_text(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))))
+            for i in range(pynvml.nvmlDeviceGetCount())
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+    print(f"\nNVML index order: {by_index}")
+    assert [d.uuid for d in sorted(whole, key=lambda d: d.order)] == [
+        u for u in by_index if u in {d.uuid for d in whole}
+    ]
+    assert all(d.uuid == inventory.canonical_uuid(d.uuid) for d in found.devices)
+    if len(whole) >= 2:
+        lease = Ledger(found.devices).request("u/", Request(2))
+        print(f"a 2-GPU lease on this host: {lease.devices}")
+        assert list(lease.devices) == by_index[:2]
+
+
+def test_discovery_is_quick_enough_to_repeat_every_minute():
+    import time
+
+    t0 = time.perf_counter()
+    runs = 5
+    for _ in range(runs):
+        found = inventory.discover()
+    per_run = (time.perf_counter() - t0) / runs
+    print(
+        f"\nNVML discovery of {len(found.devices)} device(s): {per_run * 1e3:.1f} ms per run;"
+        f" unhealthy={dict(found.unhealthy)}"
+    )
+    assert not found.unhealthy
+    assert per_run < 5
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
