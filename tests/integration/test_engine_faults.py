@@ -289,14 +289,16 @@ def live_restore():
     subprocess.run(["pkill", "-HUP", "-x", "dockerd"], check=True)  # live-restore is reloadable
     wait_for(lambda: docker_info().get("LiveRestoreEnabled") is True, 30, "live-restore did not turn on")
     yield
+    if subprocess.run(["pidof", "dockerd"]).returncode != 0:
+        subprocess.run([str(ROOT / ".ci" / "start-dockerd")], check=True)
+    # A reload keeps settings the file no longer names: say "off" once, then restore the file.
+    path.write_text(json.dumps({**config, "live-restore": bool(config.get("live-restore", False))}))
+    subprocess.run(["pkill", "-HUP", "-x", "dockerd"], check=False)
+    wait_for(lambda: docker_info().get("LiveRestoreEnabled") == bool(config.get("live-restore")), 30, "not restored")
     if original is None:
         path.unlink()
     else:
         path.write_text(original)
-    if subprocess.run(["pidof", "dockerd"]).returncode == 0:
-        subprocess.run(["pkill", "-HUP", "-x", "dockerd"], check=False)
-    else:
-        subprocess.run([str(ROOT / ".ci" / "start-dockerd")], check=True)
 
 
 def docker_info() -> dict:
