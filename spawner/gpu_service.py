@@ -232,6 +232,7 @@ class GPUService:
                 ticket.future = self._futures[owner] = asyncio.get_running_loop().create_future()
         self._starting.add(owner)
         self._queue_changed()
+        self._update_metrics()
         return ticket
 
     async def wait(self, ticket: Ticket, timeout: float) -> Lease | None:
