@@ -3,8 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 COMPOSE_CMD := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+# The deployment's settings; `make up ENV_FILE=...` runs one from another file (tests/integration/compose.py).
+# Set only from make's command line: a shell's ENV_FILE, meant for something else, must not pick it.
+ENV_FILE := .env
 # On GPU hosts the hub needs NVML (docker-compose.gpu.yml); elsewhere it must not ask for it.
-COMPOSE := $(COMPOSE_CMD) -f docker-compose.yml $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "-f docker-compose.gpu.yml")
+COMPOSE := GPUHUB_ENV_FILE=$(abspath $(ENV_FILE)) $(COMPOSE_CMD) --env-file $(abspath $(ENV_FILE)) -f docker-compose.yml \
+  $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "-f docker-compose.gpu.yml")
 PYTHON ?= python3
 VENV := .venv
 TOOLS := .tools
@@ -13,6 +17,9 @@ CHP_VERSION := 4.6.3
 NOTEBOOK_UPSTREAM ?= pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 HUB_UPSTREAM ?= python:3.11.14-slim-bookworm
 NOTEBOOK_IMAGE ?= gpuhub/notebook:latest
+# `make up BUILD_NOTEBOOK=no` runs the notebook image named in the settings file as it is
+# (pulled from a registry, built elsewhere, or the tests' gpuhub/notebook:cpu).
+BUILD_NOTEBOOK ?= yes
 HUB_IMAGE ?= gpuhub/hub:latest
 TEST_NOTEBOOK_IMAGE ?= gpuhub/notebook:cpu
 TORCH_SPEC ?= torch==2.13.0
@@ -26,7 +33,8 @@ USER_SUBNET ?= 10.213.0.0/16
 USER_IP_RANGE ?= 10.213.128.0/17
 HUB_IP ?= 10.213.0.2
 
-.PHONY: help up down restart logs images test-images test unit lint bench dev-deps build-context clean-build lock readme
+.PHONY: help up down restart logs images notebook-image hub-image test-images test unit lint bench dev-deps \
+  build-context clean-build lock readme
 
 help:
 	@echo "make up     - build images, create .env, start gpuhub and print its URL and login"
@@ -34,7 +42,7 @@ help:
 	@echo "make restart - restart the hub only; user servers keep running"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
-	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm)"
+	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery)"
 
 # --- build inputs shared by the images ---------------------------------------------------
 build-context:
@@ -44,7 +52,9 @@ build-context:
 	  if [ -n "$$w" ] && [ ! -e ".build/wheelhouse/$$(basename $$w)" ]; then cp "$$w" .build/wheelhouse/; fi
 
 # --- production images ---------------------------------------------------------------------
-images: build-context
+images: notebook-image hub-image
+
+notebook-image: build-context
 	@set -e; \
 	nb_base=$$(images/offline-base/resolve-base.sh $(NOTEBOOK_UPSTREAM)); \
 	if [ "$$nb_base" = "$(NOTEBOOK_UPSTREAM)" ]; then torch=base; \
@@ -53,18 +63,21 @@ images: build-context
 	else torch=pip; echo "gpuhub: notebook image gets torch ($(TORCH_SPEC)) from the package index"; fi; \
 	echo "gpuhub: building $(NOTEBOOK_IMAGE) FROM $$nb_base"; \
 	scripts/build-image.sh $(NOTEBOOK_IMAGE) -f images/notebook/Dockerfile \
-	  --build-arg BASE_IMAGE=$$nb_base --build-arg TORCH=$$torch --build-arg TORCH_SPEC="$(TORCH_SPEC)"; \
+	  --build-arg BASE_IMAGE=$$nb_base --build-arg TORCH=$$torch --build-arg TORCH_SPEC="$(TORCH_SPEC)"
+
+hub-image: build-context
+	@set -e; \
 	hub_base=$$(images/offline-base/resolve-base.sh $(HUB_UPSTREAM)); \
 	echo "gpuhub: building $(HUB_IMAGE) FROM $$hub_base"; \
 	scripts/build-image.sh $(HUB_IMAGE) -f images/hub/Dockerfile --build-arg BASE_IMAGE=$$hub_base
 
-.env:
-	@scripts/make-env.sh .env.example .env
+$(ENV_FILE):
+	@scripts/make-env.sh .env.example $@
 
-up: .env images
+up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images)
 	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP) $(USER_IP_RANGE)
-	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d hub
-	@scripts/wait-and-greet.sh .env
+	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d hub hub-watchdog
+	@scripts/wait-and-greet.sh $(ENV_FILE)
 
 down:
 	$(COMPOSE) down
@@ -73,7 +86,7 @@ down:
 restart:
 	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP) $(USER_IP_RANGE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub
-	@scripts/wait-and-greet.sh .env
+	@scripts/wait-and-greet.sh $(ENV_FILE)
 
 logs:
 	$(COMPOSE) logs -f hub
@@ -119,6 +132,7 @@ bench: dev-deps test-images
 	$(VENV)/bin/python benchmarks/allocator.py
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/queue_handoff.py --image $(TEST_NOTEBOOK_IMAGE)
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/spawn_storm.py --image $(TEST_NOTEBOOK_IMAGE)
+	$(VENV)/bin/python benchmarks/hub_recovery.py --image $(TEST_NOTEBOOK_IMAGE)
 
 clean-build:
 	rm -rf .build

@@ -16,8 +16,13 @@ try:
     s = settings.load(os.environ)
     # Checked now, against this host's GPUs, so a bad profile stops the hub at start.
     gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"])
+    for _why in gpu["disabled"]:
+        print(f"gpuhub: {_why}", file=sys.stderr)
     data_dir = s["GPUHUB_DATA_DIR"]
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    # Files that must not outlive the hub's container: compose mounts a tmpfs here.
+    run_dir = os.path.join(data_dir, "run")
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
     # --- Sign-in (README: "Sign-in and access") -----------------------------------------
     signin.configure(c, s, data_dir)
 except (settings.SettingsError, gpu_config.GPUConfigError, signin.SignInError) as e:
@@ -29,7 +34,21 @@ c.JupyterHub.bind_url = f"http://0.0.0.0:{s['GPUHUB_PORT']}"
 c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{s['GPUHUB_HUB_PORT']}"
 c.JupyterHub.hub_connect_url = f"http://{s['GPUHUB_HUB_CONNECT_IP']}:{s['GPUHUB_HUB_PORT']}"
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s['GPUHUB_PROXY_API_PORT']}"
-c.ConfigurableHTTPProxy.pid_file = os.path.join(data_dir, "jupyterhub-proxy.pid")
+# On a host the pid file lets the next hub stop a proxy that a killed hub left running. JupyterHub
+# stops whatever process the file names, though: after a reboot, or in a restarted container, that
+# PID may be any process, the new hub included (a restart loop). So a file that does not name a
+# running proxy is dropped here; under compose it does not even survive the container (tmpfs).
+c.ConfigurableHTTPProxy.pid_file = os.path.join(run_dir, "jupyterhub-proxy.pid")
+if os.path.isdir("/proc/self"):
+    try:
+        with open(c.ConfigurableHTTPProxy.pid_file) as f:
+            _proxy_pid = int(f.read())
+        with open(f"/proc/{_proxy_pid}/cmdline", "rb") as f:
+            _names_a_proxy = b"configurable-http-proxy" in f.read()
+    except (OSError, ValueError):
+        _names_a_proxy = False
+    if not _names_a_proxy and os.path.exists(c.ConfigurableHTTPProxy.pid_file):
+        os.remove(c.ConfigurableHTTPProxy.pid_file)
 c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
 c.JupyterHub.db_url = s["GPUHUB_DB_URL"] or f"sqlite:///{os.path.join(data_dir, 'jupyterhub.sqlite')}"
 c.JupyterHub.log_level = s["GPUHUB_LOG_LEVEL"]
@@ -81,6 +100,8 @@ c.GPUDockerSpawner.gpu_wait_timeout = s["GPUHUB_GPU_WAIT_TIMEOUT"]
 c.GPUDockerSpawner.profile_list = gpu["profiles"]
 c.GPUDockerSpawner.gpus = gpu["gpus"]
 c.GPUDockerSpawner.gpu_exclude = gpu["exclude"]
+# The wait queue survives hub restarts and upgrades (README: "Allocation guarantees").
+c.GPUDockerSpawner.queue_file = os.path.join(data_dir, "gpu-queue.json")
 c.GPUQuota.default = gpu["default"]
 c.GPUQuota.groups = gpu["groups"]
 c.Spawner.http_timeout = 120

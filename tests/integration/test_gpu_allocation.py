@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .hub import user_container
+from .browserless import UserSession
+from .hub import SHARED_PASSWORD, user_container
 from .test_gpu_request_path import HOOK_LOG
 
 GPUS = [f"GPU-7e570000-0000-0000-0000-00000000000{i}" for i in range(4)]
@@ -253,3 +254,29 @@ def test_a_waiter_fails_clearly_after_the_wait_timeout_and_leaves_the_queue(make
     assert "No GPU became free within 3 s; try again later" in events[-1]["message"]
     assert "gpuhub_queue_length 0.0" in hub.api("GET", "/../metrics").text
     hub.stop_server("gpuhubt-first")
+
+
+def test_a_browser_spawn_without_a_form_leaves_the_queue_when_nobody_watches_but_a_rest_spawn_stays(make_hub, tmp_path):
+    # One profile: JupyterHub spawns straight from GET /hub/spawn, without the options form.
+    path = tmp_path / "gpus.json"
+    only_gpu = {
+        "profiles": [{"slug": "gpu", "display_name": "1 GPU", "gpu": {"count": 1}, "default": True}],
+        "gpus": GPU_CONFIG["gpus"][:1],
+    }
+    path.write_text(json.dumps(only_gpu))
+    hub = make_hub(
+        env={"GPUHUB_GPU_CONFIG": str(path)}, extra_config="c.GPUDockerSpawner.queue_abandon_after = 5\n"
+    ).start()
+    hub.start_server("gpuhubt-holder")
+    hub.wait_ready("gpuhubt-holder")
+    browser = UserSession(hub.url, "gpuhubt-tab")
+    assert browser.login(SHARED_PASSWORD).ok
+    r = browser.http.get(f"{hub.url}/hub/spawn", allow_redirects=False, timeout=30)
+    assert r.status_code in (302, 303) and "spawn-pending" in r.headers["Location"]
+    assert hub.start_server("gpuhubt-api").status_code == 202  # queued behind the browser spawn
+    time.sleep(10)  # the tab was closed: nobody follows the progress page
+    assert hub.user_model("gpuhubt-tab")["servers"] == {}
+    assert hub.user_model("gpuhubt-api")["servers"][""]["pending"] == "spawn"
+    hub.stop_server("gpuhubt-holder")
+    hub.wait_ready("gpuhubt-api")
+    hub.stop_server("gpuhubt-api")
