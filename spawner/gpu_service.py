@@ -460,8 +460,8 @@ class GPUService:
             return
         now = self.clock()
         for c in listed:
-            if c.id in self._removed or c.id in self._removing:
-                continue
+            if c.id in self._removed or c.id in self._removing or c.owner in self._starting:
+                continue  # a start in progress is not polled yet, but is claimed by its spawner
             since = max(self._first_seen.get(c.id, now), self._claimed.get(c.id, 0))
             if now - since >= grace:
                 self._removing.add(c.id)

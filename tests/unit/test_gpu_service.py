@@ -420,3 +420,19 @@ async def test_a_created_container_with_devices_holds_them_at_rebuild(engine):
     await start_server(svc, engine, "n")
     await engine.start(created)  # the killed hub's `docker start` lands now
     assert engine.shared == []
+
+
+async def test_a_slow_start_is_not_mistaken_for_an_orphan(engine):
+    clock = Clock()
+    svc = make_service(engine, clock=clock, orphan_grace=300)
+    await svc.ready()
+    gate = engine.hold("start")
+    slow = asyncio.ensure_future(start_server(svc, engine, "slow"))
+    await gate.reached.wait()
+    clock.now += 1000  # no poll reaches a server that is still starting
+    await svc.reconcile()
+    await settle()
+    assert len(engine.containers) == 1
+    gate.open()
+    await slow
+    assert engine.running_on("GPU-0")
