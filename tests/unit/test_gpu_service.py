@@ -429,6 +429,7 @@ async def test_a_slow_start_is_not_mistaken_for_an_orphan(engine):
     gate = engine.hold("start")
     slow = asyncio.ensure_future(start_server(svc, engine, "slow"))
     await gate.reached.wait()
+    await svc.reconcile()  # its container is listed
     clock.now += 1000  # no poll reaches a server that is still starting
     await svc.reconcile()
     await settle()
