@@ -102,7 +102,7 @@ class Ledger:
 
     def free(self, request: Request | None = None) -> list[Device]:
         pools = self._pools if request is None else self.pools_for(request)
-        return sorted((self._device_at(p, key) for p in pools for key in self._free[p]), key=lambda d: d.order)
+        return sorted((self.devices[key[2]] for p in pools for key in self._free[p]), key=lambda d: d.order)
 
     def total(self, request: Request) -> int:
         return sum(len(self._pools[p]) for p in self.pools_for(request))
@@ -189,6 +189,20 @@ class Ledger:
         lease = self.leases[lease_id] = replace(lease, container=container)
         self.by_container[container] = lease_id
         return lease
+
+    def requeue(self, owner: str, priority: int, charged_to: str) -> list[Lease]:
+        """Keep a waiter's arrival but give it a new priority and quota; returns the leases this made."""
+        entry = self._waiting[owner]
+        self._queue.remove(entry)
+        w = replace(entry.waiter, priority=priority, charged_to=charged_to)
+        entry = _Entry((-priority, w.arrival), w)
+        bisect.insort(self._queue, entry)
+        self._waiting[owner] = entry
+        return self.dispatch()
+
+    def recharge(self, lease_id: str, charged_to: str) -> None:
+        """Count a lease against another quota (admission decided anew after a restart)."""
+        self.leases[lease_id] = replace(self.leases[lease_id], charged_to=charged_to)
 
     def cancel(self, owner: str) -> list[Lease]:
         """Leave the queue (the user gave up). Returns leases this made possible for others."""
@@ -291,6 +305,8 @@ class Ledger:
             if remaining == 0:
                 break
             w = entry.waiter
+            if self.usable(w.request) < w.request.count:
+                continue  # unservable while devices are quarantined: it must not hold others up
             pools = [p for p in self.pools_for(w.request) if available.get(p)]
             usable = sum(available[p] for p in pools)
             if usable >= w.request.count:
@@ -314,9 +330,6 @@ class Ledger:
         return granted
 
     # --- internals ---------------------------------------------------------------------------
-    def _device_at(self, pool: str, key: tuple) -> Device:
-        return self.devices[key[2]]
-
     def _take(self, pools: list[str], count: int) -> tuple[str, ...]:
         """Remove `count` free devices from `pools`, lowest NVML index first (neighbouring GPUs together)."""
         if len(pools) == 1:

@@ -31,8 +31,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -85,7 +85,6 @@ class _Restored:
     """A queue entry (or its grant) restored after a hub restart, kept until `until`."""
 
     until: float
-    profile: str = ""
 
 
 @dataclass
@@ -97,8 +96,6 @@ class ServiceConfig:
     orphan_grace: float = 300
     start_failures_to_quarantine: int = 3
     queue_resume_timeout: float = 300
-    stop_timeout: float = 10
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class GPUService:
@@ -198,6 +195,7 @@ class GPUService:
         ledger = self.ledger
         if owner in self._starting:
             return Refusal(409, "this server is already starting")
+        self._expire_restored()
         restored = self._restored.pop(owner, None)
         outcome = admit(self.usage(username, besides=owner))
         if isinstance(outcome, Refusal):
@@ -213,9 +211,12 @@ class GPUService:
         lease, waiter = ledger.lease_of(owner), ledger.waiter(owner)
         if restored and lease is not None and lease.container is None and _fits(lease, outcome.request, ledger):
             ticket.lease_id = lease.id  # granted while the hub was restarting: take it
+            ledger.recharge(lease.id, outcome.charged_to)  # counted where admission put it now
         elif restored and waiter is not None and waiter.request == outcome.request:
-            ticket.lease_id = waiter.lease_id  # keep the place held since before the restart
+            # Keep the place held since before the restart, at the priority and quota decided now.
+            ticket.lease_id = waiter.lease_id
             ticket.future = self._futures[owner] = asyncio.get_running_loop().create_future()
+            self._wake(ledger.requeue(owner, outcome.priority, outcome.charged_to))
         else:
             if restored:
                 self._drop_restored(owner)
@@ -269,6 +270,8 @@ class GPUService:
             raise
         else:
             self._count_success(ticket)
+            if ticket.container:
+                self.claim(ticket.container)  # running now; JupyterHub's polls claim it from here on
         finally:
             self._starting.discard(ticket.owner)
             self._futures.pop(ticket.owner, None)
@@ -293,15 +296,19 @@ class GPUService:
             for cid in made:
                 await self._remove(cid)
         except EngineError as e:
-            self.log.error(
-                "gpuhub: %s: could not remove the container of a failed start (%s); its devices %s stay held"
-                " until the engine confirms it is gone",
-                ticket.owner,
-                e,
-                ",".join(lease.devices) if lease else "none",
-            )
-            return
-        if lease is not None and lease.id in ledger.leases:  # never got a container
+            if lease is not None and lease.container is not None:
+                self.log.error(
+                    "gpuhub: %s: could not remove the container of a failed start (%s); its devices %s stay"
+                    " held until the engine confirms it is gone",
+                    ticket.owner,
+                    e,
+                    ",".join(lease.devices),
+                )
+                return
+            # Never bound: no container of it ever ran. One created late is never started, and
+            # reconcile accounts for it like any container nobody knows.
+            self.log.warning("gpuhub: %s: could not look for a late container of a failed start (%s)", ticket.owner, e)
+        if lease is not None and lease.id in ledger.leases and ledger.leases[lease.id].container is None:
             self._release(lease.id)
 
     async def clear_previous(self, owner: str, username: str, server: str) -> None:
@@ -396,6 +403,13 @@ class GPUService:
         # From here on no await: the ledger cannot change under the decisions below.
         for cid in gone:
             self._gone(cid)
+        for lease in list(ledger.leases.values()):
+            # A lease with no container whose start is over and nobody resumes: nothing holds it.
+            if lease.container is None and lease.owner not in self._starting and lease.owner not in self._restored:
+                self.log.warning(
+                    "gpuhub: released %s of %s: its start ended without a container", lease.devices, lease.owner
+                )
+                self._release(lease.id)
         self._account(listed, "reconciled with the engine")
         self._remove_orphans(listed)
         self._expire_restored()
@@ -406,7 +420,8 @@ class GPUService:
         """Make every device that a live container uses unavailable: a lease, or a quarantine."""
         ledger = self.ledger
         now = self.clock()
-        for c in sorted(listed, key=lambda c: (c.created, c.id)):
+        # At a conflict the running container is the holder; among equals, the older one.
+        for c in sorted(listed, key=lambda c: (not c.running, c.created, c.id)):
             if c.id in self._removed:
                 continue  # listed before gpuhub removed it
             self._first_seen.setdefault(c.id, now)
@@ -422,7 +437,12 @@ class GPUService:
                 continue
             lease_id = c.labels.get(container.LABEL_LEASE, "")
             mine = ledger.leases.get(lease_id)
-            if mine is not None and mine.container is None and mine.owner == c.owner:
+            if (
+                mine is not None
+                and mine.container is None
+                and mine.owner == c.owner
+                and set(c.devices) <= set(mine.devices)
+            ):
                 ledger.bind(lease_id, c.id)  # created, the start has not bound it yet
                 continue
             try:
@@ -465,6 +485,7 @@ class GPUService:
             since = max(self._first_seen.get(c.id, now), self._claimed.get(c.id, 0))
             if now - since >= grace:
                 self._removing.add(c.id)
+                self._tasks = [t for t in self._tasks if not t.done()]
                 self._tasks.append(asyncio.ensure_future(self._remove_orphan(c)))
 
     async def _remove_orphan(self, c: ContainerView) -> None:
@@ -487,7 +508,11 @@ class GPUService:
     async def rediscover(self) -> None:
         """Read the inventory again (in a thread): quarantine lost or unhealthy devices, lift recovered ones."""
         inventory = await asyncio.get_running_loop().run_in_executor(None, self.load_inventory)
-        if inventory.source == "static":
+        if inventory.source != "nvml":
+            # Static inventories do not change; and NVML failing as a whole (a driver upgrade
+            # in progress) says nothing about any one GPU: keep the last answer.
+            if inventory.source == "none":
+                self.log.warning("gpuhub: NVML re-discovery failed (%s); keeping the last inventory", inventory.note)
             return
         self._quarantine_unhealthy(inventory)
         self._wake(self.ledger.dispatch())
@@ -613,6 +638,7 @@ class GPUService:
             self._restored[owner] = _Restored(until)
             restored += 1
         if restored:
+            self._queue_changed()
             self.log.info(
                 "gpuhub: restored %d waiting server(s) in their queue order; each keeps its place for %.0f s",
                 restored,
@@ -640,10 +666,6 @@ class GPUService:
     # --- questions ------------------------------------------------------------------------------------
     def position(self, owner: str) -> tuple[int, int] | None:
         return self.ledger.position(owner) if self.ledger else None
-
-    def restored_position(self, owner: str) -> tuple[int, int] | None:
-        """Position of a queue place kept over a restart (shown before the student starts again)."""
-        return self.position(owner) if owner in self._restored else None
 
     def availability(self, request: Request) -> tuple[int, int]:
         """(free, total usable) devices of the kind `request` asks for."""

@@ -23,6 +23,9 @@ from .engine import DockerEngine, EngineError
 from .gpu_service import GPUService, ServiceBusy, ServiceConfig, Ticket, owner_key
 from .settings import parse_size
 
+#: Words in Docker's answer to a failed start that blame the GPU path rather than the image or config.
+DEVICE_ERRORS = ("nvidia", "nvml", "gpu", "device error", "cuda")
+
 
 class GPUDockerSpawner(DockerSpawner):
     """Spawn each user's server in a hardened Docker container with a persistent home."""
@@ -190,8 +193,9 @@ class GPUDockerSpawner(DockerSpawner):
         3,
         min=1,
         help="""
-        A device on which Docker failed to start this many servers in a row is
-        quarantined (handed to nobody) until a lab admin lifts it or the hub restarts.
+        A device on which Docker failed to start this many servers in a row, with
+        an error from the GPU path (nvidia-container-cli, the runtime hook), is
+        quarantined (handed to nobody) until the hub restarts.
         """,
     ).tag(config=True)
 
@@ -342,7 +346,7 @@ class GPUDockerSpawner(DockerSpawner):
     async def get_options_form(self):
         if self.options_form:
             return await super().get_options_form()
-        svc = await self.service()
+        svc = await self._service_or_503()
         choices = profiles.parse(self.profile_list, svc.inventory)
         config = quota.GPUQuota(parent=self)
         allowed = admission.offered(choices, config.default, config.groups, self._groups(), svc.usable)
@@ -427,8 +431,10 @@ class GPUDockerSpawner(DockerSpawner):
         try:
             await self.start_object()
         except docker.errors.APIError as e:
-            ticket.device_failure = bool(self._devices)
             reason = str(e.explanation or e).splitlines()[0][:300]
+            # Only the GPU path's own errors count against the device (nvidia-container-cli and
+            # the runtime hook say so); a broken image or bind mount is not the GPU's fault.
+            ticket.device_failure = bool(self._devices) and any(w in reason.lower() for w in DEVICE_ERRORS)
             raise web.HTTPError(500, f"Docker could not start the server container: {reason}") from None
         return await self.get_ip_and_port()
 
@@ -442,7 +448,11 @@ class GPUDockerSpawner(DockerSpawner):
         """The start hook's course lines, into the hub log (why a course did not sync)."""
         if not self._plan.courses.sync:
             return
-        logs = (await self.docker("logs", self.container_id, tail=200)).decode(errors="replace")
+        try:
+            logs = (await self.docker("logs", self.container_id, tail=200)).decode(errors="replace")
+        except docker.errors.DockerException as e:
+            self.log.warning("%s: could not read the course sync's log (%s)", self._log_name, e)
+            return
         for line in logs.splitlines():
             if line.startswith("gpuhub-course:"):
                 level = self.log.warning if "failed" in line or "did not finish" in line else self.log.info
@@ -479,10 +489,10 @@ class GPUDockerSpawner(DockerSpawner):
     async def progress(self):
         self._watchers += 1
         try:
-            svc = await self.service()
             while True:
                 ticket = self._ticket
-                pos = svc.position(self.owner) if ticket else None
+                svc = self._services.get(self.hub_id)
+                pos = svc.position(self.owner) if ticket and svc else None
                 if pos or (ticket and ticket.future and not ticket.future.done()):
                     where = f": position {pos[0]} of {pos[1]}" if pos else ""
                     message = f"Waiting for a GPU ({ticket.plan.request.label}){where}"
@@ -557,7 +567,12 @@ class GPUDockerSpawner(DockerSpawner):
         # Let JupyterHub's own timeout handling report it.
 
     async def _fail_if_exited(self) -> None:
-        state = (await self.docker("inspect_container", self.container_id))["State"]
+        try:
+            state = (await self.docker("inspect_container", self.container_id))["State"]
+        except docker.errors.NotFound:
+            raise web.HTTPError(500, "The server container disappeared while starting") from None
+        except docker.errors.DockerException:
+            return  # the engine did not answer: ask again at the next check
         if state.get("Running"):
             return
         logs = await self.docker("logs", self.container_id, tail=5)

@@ -188,6 +188,17 @@ def test_a_device_quarantined_twice_stays_out_until_both_are_lifted():
     assert "GPU-0" in {d.uuid for d in led.free()}
 
 
+def test_a_waiter_that_quarantine_made_unservable_does_not_hold_others_up():
+    led = ledger()
+    led.request("a/", Request(3))
+    assert led.request("big/", TWO_GPUS) is None  # reserves the one free GPU
+    assert led.request("small/", ONE_GPU) is None
+    led.block("health:GPU-0", ["GPU-0"], "lost")  # now at most 1 GPU could ever be free for big
+    led.block("health:GPU-1", ["GPU-1"], "lost")
+    led.block("health:GPU-2", ["GPU-2"], "lost")
+    assert [g.owner for g in led.dispatch()] == ["small/"]
+
+
 def test_a_request_larger_than_the_usable_devices_is_refused():
     led = ledger()
     led.block("health:GPU-3", ["GPU-3"], "lost")

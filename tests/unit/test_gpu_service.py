@@ -166,7 +166,7 @@ async def test_a_start_whose_container_cannot_be_removed_keeps_its_devices(engin
     alice.cancel()
     await settle()
     assert holders(svc) == {"GPU-0": "alice/"}
-    assert isinstance(await asyncio.wait_for(_refused_or_waits(svc, engine, "bob"), 1), str)
+    assert await _refused_or_waits(svc, engine, "bob") == "waited"
     gate.open()
     await settle()
     assert engine.shared == []
@@ -272,18 +272,36 @@ async def test_a_container_of_a_queued_owner_is_quarantined_not_adopted(engine):
     svc = make_service(engine, devices=GPUS[:2])
     await svc.ready()
     await start_server(svc, engine, "x")
+    alice = asyncio.ensure_future(start_server(svc, engine, "alice", timeout=5))
+    await settle()
+    assert svc.position("alice/") is None  # she got GPU-1 at once; now make her wait
+    await alice
+    await svc.stop("alice/", engine.running_on("GPU-1")[0], 10)
     await start_server(svc, engine, "y")
     alice = asyncio.ensure_future(start_server(svc, engine, "alice", timeout=5))
     await settle()
     assert svc.position("alice/") == (1, 1)
-    await svc.stop("x/", engine.running_on("GPU-0")[0], 10)  # GPU-0 would go to alice...
-    await settle()
-    await alice
-    # ...and an orphan of alice's that appears on GPU-1 is quarantined, never adopted in her place
-    orphan = engine.add("alice", "", ["GPU-1"], state="created")
+    orphan = engine.add("alice", "", ["GPU-0"], state="running")  # an old container of hers, on x's GPU
     await svc.reconcile()
-    assert svc.ledger.lease_of("alice/").devices == ("GPU-0",)
-    assert svc.ledger.quarantined("GPU-1") and orphan in svc.ledger.quarantine
+    assert svc.position("alice/") == (1, 1) and svc.ledger.lease_of("alice/") is None
+    assert orphan in svc.ledger.quarantine and svc.ledger.quarantined("GPU-0")
+    await svc.stop("y/", engine.running_on("GPU-1")[0], 10)
+    await alice
+    assert svc.ledger.lease_of("alice/").devices == ("GPU-1",)
+
+
+async def test_a_container_removed_during_a_reconcile_pass_is_not_taken_for_an_unknown_one(engine):
+    svc = make_service(engine, devices=GPUS[:1])
+    await svc.ready()
+    old = await start_server(svc, engine, "alice")
+    gate = engine.hold("list")
+    reconcile = asyncio.ensure_future(svc.reconcile())
+    await gate.reached.wait()  # the snapshot still shows alice's container on GPU-0
+    await svc.stop("alice/", old, 10)
+    await start_server(svc, engine, "bob")
+    gate.open()
+    await reconcile
+    assert not svc.ledger.quarantined("GPU-0") and holders(svc) == {"GPU-0": "bob/"}
 
 
 # --- finding 8: conflicts and orphans are resolved ---------------------------------------------------
@@ -437,3 +455,58 @@ async def test_a_slow_start_is_not_mistaken_for_an_orphan(engine):
     gate.open()
     await slow
     assert engine.running_on("GPU-0")
+
+
+async def test_a_restored_queue_place_is_charged_where_admission_puts_it_now(engine, tmp_path):
+    queue_file = str(tmp_path / "queue.json")
+    svc = make_service(engine, devices=GPUS[:1], queue_file=queue_file)
+    await svc.ready()
+    holder = await start_server(svc, engine, "holder")
+    waiting = asyncio.ensure_future(start_server(svc, engine, "amy", timeout=30))
+    await asyncio.sleep(0.5)
+    assert svc.ledger.waiter("amy/").charged_to == "(default)"
+    svc.close()
+    waiting.cancel()
+    restarted = make_service(engine, devices=GPUS[:1], queue_file=queue_file)
+    await restarted.ready()
+    quota = {"students": {"profiles": "*", "priority": 5}}
+    again = asyncio.ensure_future(
+        start_server(restarted, engine, "amy", timeout=30, config_groups=quota, groups={"students": {}})
+    )
+    await settle()
+    waiter = restarted.ledger.waiter("amy/")
+    assert (waiter.charged_to, waiter.priority) == ("students", 5)
+    await restarted.stop("holder/", holder, 10)
+    await again
+    assert restarted.ledger.lease_of("amy/").charged_to == "students"
+
+
+async def test_nvml_failing_as_a_whole_keeps_the_last_inventory(engine):
+    answers = [Inventory(GPUS, "nvml"), Inventory((), "none", "NVML unavailable (Driver/library version mismatch)")]
+    svc = GPUService(
+        ServiceConfig(hub_id="hub", reconcile_interval=0), engine, lambda: answers.pop(0), log=logging.getLogger("t")
+    )
+    await svc.ready()
+    await svc.rediscover()
+    assert len(svc.ledger.free()) == 4 and not svc.ledger.quarantine
+
+
+async def test_at_rebuild_a_running_container_wins_a_conflict_over_an_older_created_one(engine):
+    late = engine.add("ghost", "", ["GPU-0"], state="created")  # a create that landed after its start was cancelled
+    running = engine.add("bob", "", ["GPU-0"])
+    svc = make_service(engine)
+    await svc.ready()
+    assert svc.ledger.lease_of("bob/").container == running and late in svc.ledger.quarantine
+    assert svc.usage("bob").user == 1
+
+
+async def test_a_lease_whose_start_ended_without_a_container_is_released(engine):
+    svc = make_service(engine, devices=GPUS[:1])
+    await svc.ready()
+    ticket = svc.reserve("u/", "u", admit_for("u"))
+    engine.fail("list")
+    with pytest.raises(RuntimeError):
+        async with svc.starting(ticket):
+            await svc.wait(ticket, 1)
+            raise RuntimeError("the image could not be pulled")
+    assert holders(svc) == {}
