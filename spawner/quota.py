@@ -14,9 +14,9 @@ Where quotas come from, for one user:
    `PUT /hub/api/groups/{name}/properties`). Properties override config key by key.
 
 How several quotas combine: a user may start a profile if *any* of their quotas
-allows it. The spawn is charged to the allowing quota with the most room left
-(groups before the default, then by name), and queues at that quota's
-priority; the user's own limit is the largest `max_devices_per_user` among the
+allows it. The spawn is charged to an allowing quota with room left (groups before
+the default, then the highest priority, then the most room, then by name),
+and queues at that quota's priority; the user's own limit is the largest `max_devices_per_user` among the
 quotas that allow the profile. A group's `max_devices_per_group` counts the devices held by
 all servers charged to that group.
 """
@@ -146,7 +146,9 @@ def decide(
         return q.max_devices_per_group - group_holds.get(q.source, 0) - devices
 
     candidates = [q for q in allowing if room(q) >= 0]
-    groups_first = sorted(candidates, key=lambda q: (q.source == DEFAULT_SOURCE, -room(q), q.source))
+    # A group before the default, the highest priority first, then the most room: a researcher
+    # uses the researchers' quota while it has room and falls back to the students' only when full.
+    groups_first = sorted(candidates, key=lambda q: (q.source == DEFAULT_SOURCE, -q.priority, -room(q), q.source))
     if not groups_first:
         full = ", ".join(
             f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)" for q in allowing

@@ -238,6 +238,8 @@ class LedgerMachine(RuleBasedStateMachine):
         for g in granted:
             req_pools = set(self.led.pools_for(self.requests[g.owner]))
             for w in self.led.waiting():
+                if not self.led.satisfiable(w.request):
+                    continue  # quarantine made it unservable: it holds nobody up
                 if set(self.led.pools_for(w.request)) == req_pools:
                     assert self.keys[w.owner] > self.keys[g.owner], (w.owner, g.owner)
 

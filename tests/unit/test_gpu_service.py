@@ -53,7 +53,7 @@ def make_service(engine, devices=GPUS, clock=None, **config):
     return svc
 
 
-def admit_for(user, profile="gpu", quota_default=None, groups=None, config_groups=None):
+def admit_for(user, profile="gpu", quota_default=None, groups=None, config_groups=None, usable=None):
     def admit(usage):
         return admission.admit(
             username=user,
@@ -64,13 +64,10 @@ def admit_for(user, profile="gpu", quota_default=None, groups=None, config_group
             quota_groups=config_groups or {},
             user_groups=groups or {},
             usage=usage,
-            usable=lambda request: svc_usable[0](request),
+            usable=usable or (lambda request: 99),
         )
 
     return admit
-
-
-svc_usable = [lambda request: 99]
 
 
 async def start_server(svc, engine, user, server="", profile="gpu", timeout=5, **admit_kwargs):
@@ -382,11 +379,7 @@ async def test_a_profile_the_host_cannot_serve_any_more_is_refused_with_a_reason
     svc = make_service(engine, devices=GPUS[:2])
     await svc.ready()
     svc.ledger.block("health:GPU-1", ["GPU-1"], "lost")
-    svc_usable[0] = svc.usable
-    try:
-        refusal = svc.reserve("u/", "u", admit_for("u", profile="gpu2"))
-    finally:
-        svc_usable[0] = lambda request: 99
+    refusal = svc.reserve("u/", "u", admit_for("u", profile="gpu2", usable=svc.usable))
     assert refusal.status == 503 and "asks for 2 x GPU but this host has 1" in refusal.message
 
 
