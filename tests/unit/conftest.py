@@ -1,0 +1,33 @@
+"""Async unit tests run on their own event loop, in a thread of their own.
+
+The integration tests that run before them in one pytest session leave an event loop running on
+the main thread (Playwright's sync API keeps one for the session's browser), so a coroutine test
+cannot start a loop there. A fresh thread has no running loop.
+"""
+
+import asyncio
+import inspect
+import threading
+
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            asyncio.run(pyfuncitem.obj(**kwargs))
+        except BaseException as e:  # handed to pytest on the main thread
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name=f"test-{pyfuncitem.name}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return True
