@@ -1,21 +1,26 @@
-"""gpuhub's roles (JupyterHub RBAC), as `load_roles` entries. Pure but for `read_courses`.
+"""gpuhub's roles (JupyterHub RBAC), as role specs (`load_roles` / `load_managed_roles` entries). Pure.
 
-- `user` (JupyterHub's own, every signed-in user; "student" in README): their own servers only.
+- `user` (JupyterHub's own, every signed-in user; "student" in the docs): their own servers only.
 - `lab-admin`, for the members of GPUHUB_LAB_ADMIN_GROUP: groups and their properties (quotas,
   courses), every server, the admin page and metrics; not users, tokens or the hub itself.
 - `instructor-<course>`, one per course, for its instructors (users and instructor groups):
   read the course's members and their servers, open and start/stop them (to help in class),
   read the course group. Not its membership: a role that can add users to a group it can
   access would reach any user's server by enrolling them. Enrolment is the lab admins' or the IdP's.
+
+`spawner/staff_roles.py` gives these roles to the hub (as authenticator-managed roles) and keeps
+them in step with the courses while it runs.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import courses
+
+LAB_ADMIN = "lab-admin"
+INSTRUCTOR_PREFIX = "instructor-"
 
 LAB_ADMIN_SCOPES = [
     "admin-ui",
@@ -36,7 +41,7 @@ LAB_ADMIN_SCOPES = [
 
 def lab_admin_role(group: str) -> dict[str, Any]:
     return {
-        "name": "lab-admin",
+        "name": LAB_ADMIN,
         "description": "Manage groups, quotas and courses, and every user's servers (not a full admin)",
         "scopes": list(LAB_ADMIN_SCOPES),
         "groups": [group],
@@ -58,12 +63,31 @@ def instructor_scopes(course: str) -> list[str]:
     ]
 
 
+def named_instructors(course_groups: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(user names, group names) that valid courses name as instructors, whether they exist or not.
+
+    Lets a caller look up only these instead of every user of the hub.
+    """
+    users: set[str] = set()
+    groups: set[str] = set()
+    for group, value in course_groups.items():
+        try:
+            course = courses.parse(group, value)
+        except courses.CourseError:
+            continue
+        users.update(course.instructors)
+        groups.update(course.instructor_groups)
+    return users, groups
+
+
 def instructor_roles(
     course_groups: Mapping[str, Any], users: Iterable[str], groups: Iterable[str]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """One role per valid course; instructors that are not (yet) known users or groups are left out.
 
-    Returns (roles, problems) - problems are one-line notes for the hub log.
+    Each role lists its `users` and `groups` exactly (an empty list means none), so applying it
+    also takes the role from instructors no longer named. Returns (roles, problems) - problems
+    are one-line notes for the hub log.
     """
     users, groups = set(users), set(groups)
     roles, problems = [], []
@@ -73,13 +97,13 @@ def instructor_roles(
         except courses.CourseError as e:
             problems.append(str(e))
             continue
-        members = [u for u in course.instructors if u in users]
-        member_groups = [g for g in course.instructor_groups if g in groups]
+        members = sorted(u for u in set(course.instructors) if u in users)
+        member_groups = sorted(g for g in set(course.instructor_groups) if g in groups)
         if not members and not member_groups:
             continue
         roles.append(
             {
-                "name": f"instructor-{course.name}",
+                "name": f"{INSTRUCTOR_PREFIX}{course.name}",
                 "description": f"Instructor of {course.title}: see and help with the course's servers",
                 "scopes": instructor_scopes(course.name),
                 "users": members,
@@ -89,28 +113,19 @@ def instructor_roles(
     return roles, problems
 
 
-def read_courses(db_url: str) -> tuple[dict[str, Any], set[str], set[str]]:
-    """(course group -> its gpuhub.course property, user names, group names) from the hub database.
+def login_roles(
+    username: str, admin: bool, defaults: Mapping[str, Mapping[str, Any]], instructor: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The roles a user signing in holds in their own name, for the auth model's `roles`.
 
-    Read at hub start, before JupyterHub loads roles; an empty or new database gives nothing.
+    JupyterHub strips every role of the user that this list leaves out, its own `user` and
+    `admin` included, so these come first (`defaults`: their specs as the hub has them). Only
+    name, description and scopes are given: a `users` list here would reset the role's other
+    members to it.
     """
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = set(sa.inspect(conn).get_table_names())
-            if not {"users", "groups"} <= tables:
-                return {}, set(), set()
-            users = {row[0] for row in conn.execute(sa.text("SELECT name FROM users"))}
-            found, groups = {}, set()
-            for name, props in conn.execute(sa.text("SELECT name, properties FROM groups")):
-                groups.add(name)
-                if not name.startswith(courses.GROUP_PREFIX) or not props:
-                    continue
-                props = json.loads(props) if isinstance(props, str) else props
-                if isinstance(props, dict) and courses.PROPERTY in props:
-                    found[name] = props[courses.PROPERTY]
-            return found, users, groups
-    finally:
-        engine.dispose()
+    keep = ["user"] + (["admin"] if admin else [])
+    found = [dict(defaults[name]) for name in keep if name in defaults]
+    for role in instructor:
+        if username in role.get("users", ()):
+            found.append({k: role[k] for k in ("name", "description", "scopes")})
+    return found
