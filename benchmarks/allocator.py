@@ -6,7 +6,7 @@ container's end as the engine confirms it (`gone`, which ends the lease and hand
 the devices to the next waiter), each new request that must queue, and each cancel.
 Goal: p99 <= 1 ms per decision.
 
-    python benchmarks/allocator.py [--devices 10000] [--waiters 1000]
+    python -m benchmarks.allocator [--devices 10000] [--waiters 1000]
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spawner.allocator import Ledger  # noqa: E402
-from spawner.devices import Device, Request  # noqa: E402
+from spawner.allocator import Ledger
+from spawner.devices import Device, Request
 
 MODELS = ["A100-80GB", "H100-80GB", "H200-141GB", "L40S"]
 PROFILES = ["1g.10gb", "3g.40gb", "7g.80gb"]

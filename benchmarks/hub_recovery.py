@@ -1,14 +1,14 @@
 """Hub recovery: how long after `docker kill -s KILL gpuhub-hub` until the hub is whole again?
 
 Runs on the compose deployment users run (`make up`, with settings of its own, see
-tests/integration/compose.py) with N running user servers, some holding stand-in GPUs. Each run
+harness/compose.py) with N running user servers, some holding stand-in GPUs. Each run
 SIGKILLs the hub container and times, from the kill, until Docker has restarted it, until it
 answers /hub/health, until every server is listed as ready, and until its GPU ledger is rebuilt
 (the gauge gpuhub_devices_held sums to the devices held); "recovered" is when all of that holds
 at once. Nothing here touches the hub: compose's hub-watchdog starts it again, as Docker's restart
 policy leaves a killed container down.
 
-    python benchmarks/hub_recovery.py [--servers 32] [--gpus 16] [--runs 5] [--image gpuhub/notebook:cpu]
+    python -m benchmarks.hub_recovery [--servers 32] [--gpus 16] [--runs 5] [--image gpuhub/notebook:cpu]
 
 Needs the stand-in NVIDIA hook on dockerd's PATH (.ci/start-dockerd) and no other gpuhub
 deployment on this Docker engine.
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.compose import (  # noqa: E402
+from harness.compose import (
     Deployment,
     engine_view,
     epoch,

@@ -6,7 +6,7 @@ A's server is stopped; measured from Docker's `destroy` event of A's container
 and on to B's server answering (ready). Repeated, the roles alternating.
 Goal: release -> running <= 1 s.
 
-    python benchmarks/queue_handoff.py [--rounds 6] [--image gpuhub/notebook:cpu]
+    python -m benchmarks.queue_handoff [--rounds 6] [--image gpuhub/notebook:cpu]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import docker
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.hub import TEST_HUB_ID, Hub, ensure_network  # noqa: E402
+from harness.hub import TEST_HUB_ID, Hub, ensure_network
+from spawner.container import LABEL_HUB, LABEL_USER
 
 CONFIG = {
     "profiles": [{"slug": "gpu", "display_name": "1 GPU", "gpu": {"count": 1}, "default": True}],
@@ -48,7 +48,7 @@ def main() -> int:
 
         def watch():
             for e in client.api.events(
-                decode=True, filters={"type": "container", "label": f"gpuhub.hub={TEST_HUB_ID}"}
+                decode=True, filters={"type": "container", "label": f"{LABEL_HUB}={TEST_HUB_ID}"}
             ):
                 events.append(e)
                 if stop.is_set():
@@ -71,7 +71,7 @@ def main() -> int:
                     max(
                         e["timeNano"]
                         for e in events
-                        if e["Action"] == "destroy" and e["Actor"]["Attributes"].get("gpuhub.user") == running
+                        if e["Action"] == "destroy" and e["Actor"]["Attributes"].get(LABEL_USER) == running
                     )
                     / 1e9
                 )
@@ -79,7 +79,7 @@ def main() -> int:
                     max(
                         e["timeNano"]
                         for e in events
-                        if e["Action"] == "start" and e["Actor"]["Attributes"].get("gpuhub.user") == waiting
+                        if e["Action"] == "start" and e["Actor"]["Attributes"].get(LABEL_USER) == waiting
                     )
                     / 1e9
                 )

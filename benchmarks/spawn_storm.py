@@ -11,7 +11,7 @@ meets a colder or warmer host. Each round reports median / p95 / max and their r
 round's floor; the end reports the medians over all rounds. Hub variants start servers through
 the REST API and take "ready" from the hub's progress stream.
 
-    python benchmarks/spawn_storm.py [--users 16] [--rounds 3] [--image gpuhub/notebook:cpu]
+    python -m benchmarks.spawn_storm [--users 16] [--rounds 3] [--image gpuhub/notebook:cpu]
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ import docker
 import jupyterhub
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.hub import TEST_GATEWAY, TEST_NETWORK, Hub, ensure_network, user_container  # noqa: E402
+from harness.hub import TEST_GATEWAY, TEST_NETWORK, Hub, ensure_network, user_container
 
 VARIANTS = ("floor", "stock", "gpuhub")
 HUB_ENV = {"GPUHUB_MEM_LIMIT": "8G", "GPUHUB_SHM_SIZE": "2G", "GPUHUB_PIDS_LIMIT": "4096"}

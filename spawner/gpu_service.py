@@ -552,13 +552,6 @@ class GPUService:
         for uuid in lease.devices if lease else ():
             self._failures.pop(uuid, None)
 
-    def lift(self, key: str) -> None:
-        """A lab admin fixed the cause: give the quarantined devices out again."""
-        for uuid in self.ledger.quarantine.get(key, ((), ""))[0]:
-            self._failures.pop(uuid, None)
-        self._wake(self.ledger.lift(key))
-        self._update_metrics()
-
     # --- waking waiters ---------------------------------------------------------------------------
     def _wake(self, grants: list[Lease]) -> None:
         for lease in grants:
@@ -670,6 +663,10 @@ class GPUService:
     def availability(self, request: Request) -> tuple[int, int]:
         """(free, total usable) devices of the kind `request` asks for."""
         return len(self.ledger.free(request)), self.ledger.usable(request)
+
+    def waiting_for(self, request: Request) -> int:
+        """Servers queued for the kind of device `request` asks for (the spawn form's queue hint)."""
+        return self.ledger.waiting_for(request) if self.ledger else 0
 
     def _hub_labels(self) -> dict[str, str]:
         return {container.LABEL_HUB: self.config.hub_id}

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any
 
+from . import mig
 from .devices import Device
 
-_MIG_NAME = re.compile(r"MIG\s+(\d+g\.\d+gb(?:[+-]\w+)?)", re.IGNORECASE)
-_MIG_PROFILE = re.compile(r"^\d+g\.\d+gb(?:[+-](?:me|gfx|me\.all))?$")
 # "MIG-GPU-<uuid>/<gi>/<ci>" is how drivers before R470 named MIG devices.
 _UUID_PREFIX = re.compile(r"^(?:MIG-GPU-|GPU-|MIG-)", re.IGNORECASE)
 _STATIC_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
@@ -49,10 +48,6 @@ def canonical_uuid(text: str) -> str:
     return prefix.group().upper() + text[prefix.end() :].lower()
 
 
-def is_mig_profile_name(name: str) -> bool:
-    return bool(_MIG_PROFILE.match(name))
-
-
 def from_static(entries: Iterable[Mapping[str, Any] | str], exclude: Iterable[str] = ()) -> Inventory:
     """Devices declared in config: a UUID string, or a dict with uuid/model/memory_mib/mig_profile/parent.
 
@@ -80,7 +75,7 @@ def from_static(entries: Iterable[Mapping[str, Any] | str], exclude: Iterable[st
             raise InventoryError(f"static device {uuid} is listed twice")
         if (profile is not None) != uuid.startswith("MIG-"):
             raise InventoryError(f"static device {uuid}: MIG-… UUIDs need a mig_profile, GPU-… UUIDs must not have one")
-        if profile is not None and not is_mig_profile_name(str(profile)):
+        if profile is not None and not mig.is_profile_name(str(profile)):
             raise InventoryError(f"static device {uuid}: {profile!r} is not a MIG profile name such as 1g.10gb")
         parent = entry.get("parent")
         if parent is not None:
@@ -206,14 +201,14 @@ def _mig_devices(
     found = []
     for j in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
         try:
-            mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
+            slice_handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
         except nvml.NVMLError_NotFound:
             continue  # an empty slot
         except nvml.NVMLError as e:
             skipped.append(f"MIG device {j} of GPU {i} skipped ({_nvml_reason(e)})")
             continue
         try:
-            uuid = canonical_uuid(_text(nvml.nvmlDeviceGetUUID(mig)))
+            uuid = canonical_uuid(_text(nvml.nvmlDeviceGetUUID(slice_handle)))
         except nvml.NVMLError as e:
             skipped.append(f"MIG device {j} of GPU {i} skipped ({_nvml_reason(e)})")
             continue
@@ -221,8 +216,8 @@ def _mig_devices(
         if uuid in excluded:
             continue
         try:
-            memory = nvml.nvmlDeviceGetMemoryInfo(mig).total // 2**20
-            profile = _mig_profile(nvml, mig, memory)
+            memory = nvml.nvmlDeviceGetMemoryInfo(slice_handle).total // 2**20
+            profile = _mig_profile(nvml, slice_handle, memory)
         except nvml.NVMLError as e:
             unhealthy[uuid] = _nvml_reason(e)
             skipped.append(f"MIG device {j} of GPU {i} ({uuid}) skipped ({_nvml_reason(e)})")
@@ -231,13 +226,12 @@ def _mig_devices(
     return found
 
 
-def _mig_profile(nvml, mig, memory_mib: int) -> str:
-    match = _MIG_NAME.search(_text(nvml.nvmlDeviceGetName(mig)))
-    if match:
-        return match.group(1).lower()
-    # Older drivers name MIG devices like their parent: derive "<slices>g.<GB>gb".
-    slices = nvml.nvmlDeviceGetAttributes(mig).gpuInstanceSliceCount
-    return f"{slices}g.{round(memory_mib / 1024)}gb"
+def _mig_profile(nvml, handle, memory_mib: int) -> str:
+    named = mig.from_nvml_name(_text(nvml.nvmlDeviceGetName(handle)))
+    if named:
+        return named
+    # Older drivers name MIG devices like their parent: derive the name from slices and memory.
+    return mig.from_geometry(nvml.nvmlDeviceGetAttributes(handle).gpuInstanceSliceCount, memory_mib)
 
 
 def _gpu_instance_profiles(nvml, handle) -> set[str]:
@@ -250,11 +244,11 @@ def _gpu_instance_profiles(nvml, handle) -> set[str]:
             info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, getattr(nvml, const))
         except nvml.NVMLError:
             continue  # not supported by this GPU
-        match = _MIG_NAME.search(_text(getattr(info, "name", b"")))
-        if match:
-            names.add(match.group(1).lower())
+        named = mig.from_nvml_name(_text(getattr(info, "name", b"")))
+        if named:
+            names.add(named)
         elif info.sliceCount and info.memorySizeMB:
-            names.add(f"{info.sliceCount}g.{round(info.memorySizeMB / 1024)}gb")
+            names.add(mig.from_geometry(info.sliceCount, info.memorySizeMB))
     return names
 
 

@@ -16,21 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import mig
 from .devices import Request
-from .inventory import Inventory, is_mig_profile_name
-from .settings import parse_size
-
-#: MIG profiles NVIDIA's data-centre GPUs offer (A30, A100 40/80 GB, H100 80/94 GB, H200, B200).
-KNOWN_MIG_PROFILES = frozenset(
-    """
-    1g.6gb 1g.6gb+me 2g.12gb 2g.12gb+me 4g.24gb
-    1g.5gb 1g.5gb+me 1g.10gb 2g.10gb 3g.20gb 4g.20gb 7g.40gb
-    1g.10gb+me 1g.20gb 2g.20gb 3g.40gb 4g.40gb 7g.80gb
-    1g.12gb 1g.12gb+me 1g.24gb 2g.24gb 3g.47gb 4g.47gb 7g.94gb
-    1g.18gb 1g.18gb+me 1g.35gb 2g.35gb 3g.71gb 4g.71gb 7g.141gb
-    1g.23gb 1g.23gb+me 1g.45gb 2g.45gb 3g.90gb 4g.90gb 7g.180gb
-    """.split()
-)
+from .inventory import Inventory
+from .sizes import parse_size
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 _KEYS = {"slug", "display_name", "description", "default", "gpu", "mem_limit", "cpu_limit", "image"}
@@ -68,7 +57,7 @@ def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None
     """
     if not profile_list:
         return [CPU_ONLY]
-    known_mig = KNOWN_MIG_PROFILES | (inventory.mig_profiles if inventory else frozenset())
+    known_mig = mig.KNOWN_PROFILES | (inventory.mig_profiles if inventory else frozenset())
     profiles: list[Profile] = []
     for i, entry in enumerate(profile_list):
         where = f"profile #{i + 1}"
@@ -128,12 +117,14 @@ def _gpu(spec: Any, where: str, known_mig: Iterable[str]) -> Request | None:
     count = spec.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ProfileError(f"{where}: gpu count must be a whole number >= 1, got {count!r}")
-    mig, model = spec.get("mig_profile"), spec.get("model")
-    if mig is not None and model is not None:
+    mig_profile, model = spec.get("mig_profile"), spec.get("model")
+    if mig_profile is not None and model is not None:
         raise ProfileError(f"{where}: gpu names a mig_profile or a model, not both")
-    if mig is not None and (not isinstance(mig, str) or not is_mig_profile_name(mig) or mig not in known_mig):
-        raise ProfileError(f"{where}: unknown MIG profile {mig!r} (known: 1g.10gb, 3g.40gb, 7g.80gb, ...)")
-    return Request(count, mig_profile=mig, model=model)
+    if mig_profile is not None and (
+        not isinstance(mig_profile, str) or not mig.is_profile_name(mig_profile) or mig_profile not in known_mig
+    ):
+        raise ProfileError(f"{where}: unknown MIG profile {mig_profile!r} (known: 1g.10gb, 3g.40gb, 7g.80gb, ...)")
+    return Request(count, mig_profile=mig_profile, model=model)
 
 
 def unservable(profile: Profile, usable: int) -> str:

@@ -5,11 +5,13 @@ import shutil
 import docker
 import pytest
 
+from harness.hub import TEST_HUB_ID, Hub, ensure_network
+from spawner.container import LABEL_HUB
+
 from .browser import browser_page, chromium  # noqa: F401 - fixtures
-from .hub import TEST_HUB_ID, Hub, ensure_network
+from .denials import DENIED
 
 USER_PREFIX = "gpuhubt-"  # test users; their home volumes are removed after the tests
-DENIED: list[str] = []  # cross-user and privilege attempts the tests saw refused
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -58,7 +60,7 @@ def test_network(docker_client):
 
 
 def remove_test_containers(client):
-    for c in client.containers.list(all=True, filters={"label": f"gpuhub.hub={TEST_HUB_ID}"}):
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={TEST_HUB_ID}"}):
         c.remove(force=True)
 
 
@@ -117,7 +119,7 @@ def dump_logs_on_failure(request, docker_client):
     for h in Hub.instances:
         if h.proc is not None:
             print(f"--- hub log ({h.workdir}) ---\n{h.log_tail(80)}")
-    for c in docker_client.containers.list(all=True, filters={"label": f"gpuhub.hub={TEST_HUB_ID}"}):
+    for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={TEST_HUB_ID}"}):
         print(f"--- container {c.name} ---\n{c.logs(tail=30).decode(errors='replace')}")
 
 

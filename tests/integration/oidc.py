@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.hub import ROOT, Hub, free_port
+
 from .browser import login_url
-from .hub import ROOT, Hub, free_port
 
 OIDC_DIR = ROOT / "tests" / "oidc"
 USERS = {
@@ -57,12 +58,17 @@ class Provider:
                     return self
             except requests.ConnectionError:
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError((self.workdir / "oidc.log").read_text())
 
     def stop(self) -> None:
-        if self.proc:
+        if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def oidc_hub(workdir: Path, image: str) -> tuple[Hub, Provider]:

@@ -8,9 +8,11 @@ import time
 import pytest
 import requests
 
+from harness.hub import SHARED_PASSWORD, TEST_GATEWAY, TEST_NETWORK, user_container
+from spawner import courses, quota
+
 from .browser import sign_in_with_password, wait_for_lab
-from .conftest import DENIED
-from .hub import SHARED_PASSWORD, TEST_GATEWAY, TEST_NETWORK, user_container
+from .denials import DENIED
 from .oidc import oidc_hub, sign_in_at_provider
 
 STUDENT, OTHER = "gpuhubt-tok1", "gpuhubt-tok2"
@@ -19,6 +21,12 @@ STUDENT, OTHER = "gpuhubt-tok1", "gpuhubt-tok2"
 def denied(what: str, response: requests.Response, codes=(403, 404)) -> None:
     assert response.status_code in codes, f"{what}: got {response.status_code} {response.text[:200]}"
     DENIED.append(f"{what} -> {response.status_code}")
+
+
+def quota_properties(**values) -> dict:
+    """Group properties holding a quota the schema accepts: a refusal is then about who asks, not what."""
+    quota.parse(values, "test")
+    return {quota.PROPERTY: values}
 
 
 def as_token(token: str):
@@ -67,10 +75,12 @@ def test_a_token_from_the_token_page_drives_the_students_own_server_and_nothing_
     denied("student token -> stop another user's server", api.delete(f"{hub_api}/users/{OTHER}/server"))
     denied("student token -> another user's model", api.get(f"{hub_api}/users/{OTHER}"))
     hub.api("POST", "/groups/students")
+    quota_body = quota_properties(max_devices_per_user=8)
     denied(
         "student token -> group properties (quotas)",
-        api.put(f"{hub_api}/groups/students/properties", json={"gpuhub": {"max_devices": 8}}),
+        api.put(f"{hub_api}/groups/students/properties", json=quota_body),
     )
+    assert hub.api("PUT", "/groups/students/properties", json=quota_body).status_code == 200  # the admin may
     denied("student token -> admin: list users", api.get(f"{hub_api}/users"))
     denied("student token -> admin: make self admin", api.patch(f"{hub_api}/users/{STUDENT}", json={"admin": True}))
     denied("student token -> admin: proxy routes", api.get(f"{hub_api}/proxy"))
@@ -111,24 +121,26 @@ def staff_hub(tmp_path_factory, test_image, test_network, chp_on_path):
     """An `oidc`-mode hub (staff roles need real identities) with a lab admin, a course with its
     instructor, a student in it and one outside; restarted once so the instructor role exists."""
     hub, provider = oidc_hub(tmp_path_factory.mktemp("staff"), test_image)
-    hub.start()
-    hub.api("POST", "/users", json={"usernames": [LAB_ADMIN, TEACHER, PUPIL, OUTSIDER]})
-    assert hub.api("POST", "/groups/lab-admins/users", json={"users": [LAB_ADMIN]}).ok
-    hub.api("POST", "/groups/course-ml201", json={"users": [PUPIL]})
-    course = {"title": "ML 201", "instructors": [TEACHER], "source": {"volume": True}}
-    assert hub.api("PUT", "/groups/course-ml201/properties", json={"gpuhub.course": course}).ok
-    hub.stop()
-    hub.start()  # instructor roles follow the courses at hub start
-    for user in (PUPIL, OUTSIDER):
-        hub.start_server(user)
-    for user in (PUPIL, OUTSIDER):
-        hub.wait_ready(user)
-    yield hub
-    for user in (PUPIL, OUTSIDER):
-        if hub.user_model(user)["servers"]:
-            hub.stop_server(user)
-    hub.stop()
-    provider.stop()
+    try:
+        hub.start()
+        hub.api("POST", "/users", json={"usernames": [LAB_ADMIN, TEACHER, PUPIL, OUTSIDER]})
+        assert hub.api("POST", "/groups/lab-admins/users", json={"users": [LAB_ADMIN]}).ok
+        hub.api("POST", "/groups/course-ml201", json={"users": [PUPIL]})
+        course = {"title": "ML 201", "instructors": [TEACHER], "source": {"volume": True}}
+        assert hub.api("PUT", "/groups/course-ml201/properties", json={courses.PROPERTY: course}).ok
+        hub.stop()
+        hub.start()  # instructor roles follow the courses at hub start
+        for user in (PUPIL, OUTSIDER):
+            hub.start_server(user)
+        for user in (PUPIL, OUTSIDER):
+            hub.wait_ready(user)
+        yield hub
+        for user in (PUPIL, OUTSIDER):
+            if hub.user_model(user)["servers"]:
+                hub.stop_server(user)
+    finally:
+        hub.stop()
+        provider.stop()
 
 
 LAB_ADMIN, TEACHER, PUPIL, OUTSIDER = "gpuhubt-labadm", "gpuhubt-teach", "gpuhubt-pupil", "gpuhubt-outsid"
@@ -139,7 +151,8 @@ def test_a_lab_admin_manages_groups_and_servers_but_is_not_a_hub_admin(staff_hub
     api = as_token(token_for(hub, LAB_ADMIN))
     base = f"{hub.url}/hub/api"
     assert api.post(f"{base}/groups/students").status_code in (201, 409)
-    assert api.put(f"{base}/groups/students/properties", json={"gpuhub": {"max_devices": 1}}).ok
+    r = api.put(f"{base}/groups/students/properties", json=quota_properties(max_devices_per_user=1))
+    assert r.status_code == 200, r.text
     assert api.post(f"{base}/groups/students/users", json={"users": [OUTSIDER]}).ok
     assert {u["name"] for u in api.get(f"{base}/users").json()} >= {PUPIL, OUTSIDER}
     assert api.get(f"{hub.url}/hub/metrics").status_code == 200
@@ -173,10 +186,16 @@ def test_an_instructor_sees_their_course_members_servers_and_nothing_else(staff_
         "instructor -> enrol someone (would reach their server)",
         api.post(f"{base}/groups/course-ml201/users", json={"users": [OUTSIDER]}),
     )
+    # The course kept as it is, a quota added: what a lab admin could send.
+    properties = {
+        **hub.api("GET", "/groups/course-ml201").json()["properties"],
+        **quota_properties(max_devices_per_user=8),
+    }
     denied(
         "instructor -> course group properties (quotas)",
-        api.put(f"{base}/groups/course-ml201/properties", json={"gpuhub": {"max_devices": 8}}),
+        api.put(f"{base}/groups/course-ml201/properties", json=properties),
     )
+    assert hub.api("PUT", "/groups/course-ml201/properties", json=properties).status_code == 200  # the admin may
     assert api.delete(f"{base}/users/{PUPIL}/server").status_code in (202, 204)  # help: restart a stuck server
 
 
@@ -188,10 +207,12 @@ def test_with_a_shared_password_a_name_in_lab_admins_gets_no_staff_rights(hub, t
     assert hub.api("POST", "/groups/lab-admins/users", json={"users": ["gpuhubt-fakeadm"]}).ok
     api = as_token(token_for(hub, "gpuhubt-fakeadm"))
     base = f"{hub.url}/hub/api"
+    quota_body = quota_properties(max_devices_per_user=8)
     denied(
         "shared-password 'lab admin' -> group properties",
-        api.put(f"{base}/groups/students/properties", json={"gpuhub": {}}),
+        api.put(f"{base}/groups/students/properties", json=quota_body),
     )
+    assert hub.api("PUT", "/groups/students/properties", json=quota_body).status_code == 200  # the admin may
     denied("shared-password 'lab admin' -> list users", api.get(f"{base}/users"))
     denied("shared-password 'lab admin' -> another user's server", api.get(f"{hub.url}/user/{OTHER}/api/contents"))
 

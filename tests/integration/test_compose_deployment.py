@@ -15,7 +15,16 @@ import time
 import docker
 import pytest
 
-from .compose import HUB_CONTAINER, Deployment, EngineBusy, engine_view, holders, standin_gpus, unique_users, who_holds
+from harness.compose import (
+    HUB_CONTAINER,
+    Deployment,
+    EngineBusy,
+    engine_view,
+    holders,
+    standin_gpus,
+    unique_users,
+    who_holds,
+)
 
 GPUS = standin_gpus(4)
 RECOVERY_TIMEOUT = 90

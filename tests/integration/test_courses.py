@@ -7,9 +7,13 @@ import sys
 import time
 
 import pytest
+import requests
+
+from harness.hub import SHARED_PASSWORD, TEST_GATEWAY, user_container
 
 from .browser import sign_in_with_password, wait_for_lab
-from .hub import SHARED_PASSWORD, TEST_GATEWAY, user_container
+from .denials import DENIED
+from .oidc import oidc_hub, sign_in_at_provider
 
 
 def NB(text):  # noqa: N802 - a tiny notebook
@@ -243,3 +247,60 @@ def test_the_course_folder_shows_in_jupyterlabs_file_browser(hub, browser_page, 
     listing.get_by_text("webml", exact=True).dblclick()
     listing.get_by_text("welcome.ipynb", exact=True).wait_for()
     hub.stop_server("gpuhubt-bstudent")
+
+
+@pytest.fixture
+def staff_hub(tmp_path_factory, test_image, test_network, chp_on_path):
+    """An `oidc`-mode hub (instructor roles need real identities), started once."""
+    hub, provider = oidc_hub(tmp_path_factory.mktemp("instructors"), test_image)
+    hub.start()
+    yield hub
+    hub.stop()
+    provider.stop()
+
+
+def test_an_instructor_gets_and_loses_their_course_role_at_once_without_a_hub_restart(staff_hub, browser_page):
+    hub, page = staff_hub, browser_page
+    teacher, pupil = "gpuhubt-teach", "gpuhubt-livepupil"  # the provider's gpuhubt-teach is in `instructors`
+    pid = hub.proc.pid
+    assert hub.api("POST", "/users", json={"usernames": [pupil]}).status_code == 201
+    # The instructor is signed in (a browser session) and has a token before the course exists.
+    sign_in_at_provider(page, hub.url, teacher, next_path="/hub/token")
+    page.wait_for_url("**/hub/token")
+    r = hub.api("POST", f"/users/{teacher}/tokens", json={"note": "test"})
+    token = requests.Session()
+    token.headers["Authorization"] = f"token {r.json()['token']}"
+    pupil_model = f"{hub.url}/hub/api/users/{pupil}"
+
+    def reach() -> tuple[int, int]:
+        # no waiting and no retry: the answer right after the REST call returned
+        return token.get(pupil_model, timeout=30).status_code, page.goto(pupil_model).status
+
+    def refused(what: str) -> None:
+        codes = reach()
+        assert all(c in (403, 404) for c in codes), f"{what}: {codes}"
+        DENIED.append(f"{what} -> {codes}")
+
+    refused("instructor (token, browser) -> a student's model before any course")
+
+    ok(cli(hub, "course", "create", "live", "--volume", "--title", "Live", "--instructor", teacher))
+    ok(cli(hub, "course", "enroll", "live", pupil))
+    assert reach() == (200, 200)
+    assert "instructor-live" in hub.user_model(teacher)["roles"]
+
+    course = {"title": "Live", "instructors": [], "source": {"volume": True}}
+    assert hub.api("PUT", "/groups/course-live/properties", json={"gpuhub.course": course}).ok
+    refused("instructor taken off the course (token, browser) -> its student's model")
+    assert "instructor-live" not in hub.user_model(teacher)["roles"]
+
+    # An instructor group (here the provider's `instructors`): the role is the group's.
+    course["instructors"] = ["group:instructors"]
+    assert hub.api("PUT", "/groups/course-live/properties", json={"gpuhub.course": course}).ok
+    assert reach() == (200, 200)
+    assert "instructor-live" in hub.api("GET", "/groups/instructors").json()["roles"]
+
+    ok(cli(hub, "course", "delete", "live", "--yes"))
+    refused("instructor of a deleted course (token, browser) -> its former student's model")
+    assert "instructor-live" not in hub.api("GET", "/groups/instructors").json()["roles"]
+
+    assert hub.proc.pid == pid and hub.proc.poll() is None  # the same hub process throughout

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.hub import ROOT, TEST_HUB_ID, user_container
+from spawner.container import LABEL_DEVICES, LABEL_HUB, LABEL_USER
+
 from .docker_proxy import DockerFaultProxy, Fail, Hang
-from .hub import ROOT, user_container
 from .test_gpu_allocation import assert_never_shared, hook_starts, join
 
 GPUS = [f"GPU-fa170000-0000-0000-0000-00000000000{i}" for i in range(3)]
@@ -63,7 +65,7 @@ def config_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fault_hub(tmp_path_factory, test_image, test_network, chp_on_path, proxy, config_path):
-    from .hub import Hub
+    from harness.hub import Hub
 
     env = {"GPUHUB_GPU_CONFIG": str(config_path), "GPUHUB_MEM_LIMIT": "1G", "DOCKER_HOST": proxy.docker_host}
     h = Hub(tmp_path_factory.mktemp("hub"), test_image, env=env, extra_config=FAST).start()
@@ -130,7 +132,7 @@ def no_faults_left(proxy, fault_hub):
 def devices_running(docker_client) -> dict[str, list[str]]:
     """device -> running containers that were given it (Docker's DeviceRequests)."""
     found: dict[str, list[str]] = {}
-    for c in docker_client.containers.list(filters={"label": "gpuhub.hub=gpuhub-test"}):
+    for c in docker_client.containers.list(filters={"label": f"{LABEL_HUB}={TEST_HUB_ID}"}):
         for req in c.attrs["HostConfig"].get("DeviceRequests") or []:
             for device in req.get("DeviceIDs") or []:
                 found.setdefault(device, []).append(c.name)
@@ -256,7 +258,7 @@ def test_eight_parallel_named_servers_cannot_pass_max_devices_per_user(fault_hub
     assert sum(a in (201, 202) for a in answers) == 1 and set(answers) <= {201, 202, 400, 403}, answers
     assert answers.count(403) >= 3, answers
     time.sleep(3)
-    with_gpus = [c for c in docker_client.containers.list(all=True, filters={"label": f"gpuhub.user={user}"})]
+    with_gpus = [c for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_USER}={user}"})]
     assert sum(bool(c.attrs["HostConfig"].get("DeviceRequests")) for c in with_gpus) == 1
 
 
@@ -347,7 +349,7 @@ def test_a_hub_restart_after_a_held_device_left_the_inventory_keeps_it_out(
     join(fault_hub, "researchers", ["gpuhubt-f7r"])
     join(fault_hub, "students", ["gpuhubt-f7a", "gpuhubt-f7b"])
     fill(fault_hub, [("gpuhubt-f7r", "gpu-x2")])
-    held = user_container(docker_client, "gpuhubt-f7r").labels["gpuhub.devices"].split(",")
+    held = user_container(docker_client, "gpuhubt-f7r").labels[LABEL_DEVICES].split(",")
     fault_hub.stop()
     smaller = {**GPU_CONFIG, "gpus": [g for g in GPU_CONFIG["gpus"] if g["uuid"] != held[0]]}
     config_path.write_text(json.dumps(smaller))

@@ -7,10 +7,11 @@ import time
 import docker
 import pytest
 
-from spawner.settings import parse_size
+from harness.hub import ROOT, SHARED_PASSWORD, user_container
+from spawner.container import LABEL_DEVICES, LABEL_SERVER, LABEL_USER
+from spawner.sizes import parse_size
 
 from .browserless import UserSession
-from .hub import ROOT, SHARED_PASSWORD, user_container
 
 
 def test_student_signs_in_and_their_files_survive_stop_and_start(hub, docker_client, username):
@@ -63,7 +64,7 @@ def test_user_containers_are_hardened_and_limited(hub, docker_client, username):
     assert host["ShmSize"] == parse_size("1G")
     assert host["Memory"] == parse_size("2G")
     assert host["PidsLimit"] == 1024
-    assert c.labels["gpuhub.user"] == username and c.labels["gpuhub.server"] == "" and "gpuhub.devices" in c.labels
+    assert c.labels[LABEL_USER] == username and c.labels[LABEL_SERVER] == "" and LABEL_DEVICES in c.labels
     mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
     assert mounts["/home/jovyan"]["Name"] == f"jupyterhub-user-{username}"
     assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])

@@ -10,8 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness.hub import SHARED_PASSWORD, user_container
+from spawner import quota
+from spawner.container import LABEL_DEVICES
+
 from .browserless import UserSession
-from .hub import SHARED_PASSWORD, user_container
 from .test_gpu_request_path import HOOK_LOG
 
 GPUS = [f"GPU-7e570000-0000-0000-0000-00000000000{i}" for i in range(4)]
@@ -55,7 +58,7 @@ def join(hub, group, users):
 
 def devices_of(docker_client, username):
     found = user_container(docker_client, username)
-    return found.labels["gpuhub.devices"].split(",") if found else None
+    return found.labels[LABEL_DEVICES].split(",") if found else None
 
 
 def hook_starts(since: float) -> dict[str, dict]:
@@ -152,21 +155,22 @@ def test_quota_is_enforced_on_the_server_and_changes_at_runtime(gpu_hub):
     r = gpu_hub.start_server("gpuhubt-alice", options={"profile": "gpu-x2"})
     assert r.status_code == 403 and "your quota does not include the profile 'gpu-x2'" in r.json()["message"]
     r = gpu_hub.start_server("gpuhubt-alice", options={"profile": "gpu", "image": "evil/root:latest"})
-    assert r.status_code == 400 and "unknown server option(s): image" in r.json()["message"]
+    # DockerSpawner's image option: refused unless an admin lists images in `allowed_images`.
+    assert r.status_code == 400 and "Specifying image to launch is not allowed" in r.json()["message"]
     r = gpu_hub.start_server("gpuhubt-alice", options={"profile": "nope"})
     assert r.status_code == 400 and "unknown profile 'nope'" in r.json()["message"]
 
     # A lab admin takes GPUs away from students at runtime ...
-    r = gpu_hub.api("PUT", "/groups/students/properties", json={"gpuhub": {"profiles": ["cpu"]}})
+    r = gpu_hub.api("PUT", "/groups/students/properties", json={quota.PROPERTY: {"profiles": ["cpu"]}})
     assert r.ok, r.text
     r = gpu_hub.start_server("gpuhubt-alice", options={"profile": "gpu"})
     assert r.status_code == 403
     # ... a malformed value grants nothing and says why ...
-    gpu_hub.api("PUT", "/groups/students/properties", json={"gpuhub": {"max_devices_per_user": "lots"}})
+    gpu_hub.api("PUT", "/groups/students/properties", json={quota.PROPERTY: {"max_devices_per_user": "lots"}})
     r = gpu_hub.start_server("gpuhubt-alice", options={"profile": "gpu"})
     assert r.status_code == 403 and "max_devices_per_user must be a whole number" in r.json()["message"]
     # ... and gives them back.
-    gpu_hub.api("PUT", "/groups/students/properties", json={"gpuhub": {"max_devices_per_user": 1}})
+    gpu_hub.api("PUT", "/groups/students/properties", json={quota.PROPERTY: {"max_devices_per_user": 1}})
     r = gpu_hub.start_server("gpuhubt-alice", options={"profile": "gpu"})
     assert r.status_code in (201, 202), r.text
     gpu_hub.wait_ready("gpuhubt-alice")
@@ -209,8 +213,9 @@ def test_a_hub_killed_mid_storm_comes_back_with_every_server_and_hands_out_nothi
 
 
 def test_the_spawn_form_offers_allowed_profiles_with_live_availability(gpu_hub):
+    from harness.hub import SHARED_PASSWORD
+
     from .browserless import UserSession
-    from .hub import SHARED_PASSWORD
 
     join(gpu_hub, "students", ["gpuhubt-form", "gpuhubt-holder"])
     gpu_hub.start_server("gpuhubt-holder", options={"profile": "gpu"})

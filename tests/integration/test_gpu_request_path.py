@@ -10,9 +10,8 @@ import uuid
 import docker
 import pytest
 
+from harness.hub import TEST_HUB_ID
 from spawner import container
-
-from .hub import TEST_HUB_ID
 
 HOOK_LOG = os.environ.get("GPUHUB_HOOK_LOG", "/var/log/gpuhub-hook.jsonl")
 
@@ -27,20 +26,23 @@ def hook_records(container_id: str) -> list[dict]:
 
 def start_with_devices(client, image, network, devices):
     plan = container.ContainerPlan(
-        name=f"gpuhubtest-gpu-{uuid.uuid4().hex[:8]}",
-        image=image,
-        command=["sleep", "300"],
-        env={"CUDA_VISIBLE_DEVICES": "0"},
-        network=network,
-        port=8888,
         hub_id=TEST_HUB_ID,
         username="gpu-path",
         server_name="",
         home_volume="gpuhubtest-gpu-path-home",
         devices=devices,
     )
-    kwargs = container.create_kwargs(plan)
-    kwargs["host_config"] = client.api.create_host_config(**container.host_config(plan))
+    binds = container.binds(plan)
+    kwargs = {
+        "image": image,
+        "name": f"gpuhubtest-gpu-{uuid.uuid4().hex[:8]}",
+        "command": ["sleep", "300"],
+        "environment": container.environment({"CUDA_VISIBLE_DEVICES": "0"}, devices),
+        "volumes": sorted(b["bind"] for b in binds.values()),
+        **container.create_kwargs(plan),
+    }
+    config = {"binds": binds, "network_mode": network, **container.host_config(plan)}
+    kwargs["host_config"] = client.api.create_host_config(**config)
     created = client.api.create_container(**kwargs)
     try:
         client.api.start(created["Id"])

@@ -18,10 +18,12 @@ from .oidc import oidc_hub, sign_in_at_provider
 def oidc(tmp_path_factory, test_image, test_network, chp_on_path):
     """A hub in `oidc` mode against a real provider; both stopped after the module."""
     hub, provider = oidc_hub(tmp_path_factory.mktemp("oidc"), test_image)
-    hub.start()
-    yield hub, provider
-    hub.stop()
-    provider.stop()
+    try:
+        hub.start()
+        yield hub, provider
+    finally:
+        hub.stop()
+        provider.stop()
 
 
 def test_a_student_signs_in_at_the_provider_and_gets_jupyterlab_with_the_providers_groups(oidc, browser_page):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import DENIED
-from .hub import user_container
+from harness.hub import user_container
+
+from .denials import DENIED
 
 
 def websocat() -> str:

@@ -23,7 +23,9 @@ from pathlib import Path
 import docker
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+from spawner.container import LABEL_HUB, LABEL_USER
+
+ROOT = Path(__file__).resolve().parents[1]
 HUB_CONTAINER = "gpuhub-hub"
 WATCHDOG_CONTAINER = "gpuhub-hub-watchdog"
 HUB_ID = "gpuhub"
@@ -65,7 +67,7 @@ def free_port() -> int:
 class Held:
     """A running user container as the engine reports it."""
 
-    user: str  # its gpuhub.user label: container names escape user names
+    user: str  # its LABEL_USER label: container names escape user names
     started_at: str
     devices: tuple[str, ...]
 
@@ -73,7 +75,7 @@ class Held:
 def engine_view(client) -> dict[str, Held]:
     """Running containers of gpuhub deployments by id, with the devices Docker gives them."""
     view = {}
-    for summary in client.api.containers(filters={"label": f"gpuhub.hub={HUB_ID}", "status": "running"}):
+    for summary in client.api.containers(filters={"label": f"{LABEL_HUB}={HUB_ID}", "status": "running"}):
         try:
             info = client.api.inspect_container(summary["Id"])
         except docker.errors.NotFound:
@@ -84,7 +86,7 @@ def engine_view(client) -> dict[str, Held]:
             if request.get("Driver") == "nvidia"
             for d in request.get("DeviceIDs") or []
         )
-        user = (info["Config"].get("Labels") or {}).get("gpuhub.user", "")
+        user = (info["Config"].get("Labels") or {}).get(LABEL_USER, "")
         view[info["Id"]] = Held(user, info["State"]["StartedAt"], devices)
     return view
 
@@ -221,8 +223,8 @@ class Deployment:
                 raise EngineBusy(f"a gpuhub deployment ({name}) exists on this Docker engine")
         others = [
             c.name
-            for c in self.client.containers.list(all=True, filters={"label": f"gpuhub.hub={HUB_ID}"})
-            if not c.labels.get("gpuhub.user", "").startswith(USER_PREFIX)
+            for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={HUB_ID}"})
+            if not c.labels.get(LABEL_USER, "").startswith(USER_PREFIX)
         ]
         if others:
             raise EngineBusy(f"user containers of a gpuhub deployment exist on this Docker engine: {others[:5]}")
@@ -236,8 +238,8 @@ class Deployment:
         self._remove_volume(DATA_VOLUME)
 
     def _remove_user_containers(self) -> None:
-        for c in self.client.containers.list(all=True, filters={"label": f"gpuhub.hub={HUB_ID}"}):
-            if c.labels.get("gpuhub.user", "").startswith(USER_PREFIX):
+        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={HUB_ID}"}):
+            if c.labels.get(LABEL_USER, "").startswith(USER_PREFIX):
                 try:
                     c.remove(force=True)
                 except docker.errors.NotFound:
