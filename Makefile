@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 COMPOSE_CMD := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
-# The deployment's settings; `make up ENV_FILE=...` runs one from another file (tests/integration/compose.py).
+# The deployment's settings; `make up ENV_FILE=...` runs one from another file (harness/compose.py).
 # Set only from make's command line: a shell's ENV_FILE, meant for something else, must not pick it.
 ENV_FILE := .env
 # On GPU hosts the hub needs NVML (docker-compose.gpu.yml); elsewhere it must not ask for it.
@@ -28,7 +28,12 @@ TORCH_WHEELHOUSE ?= $(firstword $(PIP_FIND_LINKS) /opt/wheels)
 # Extra CA bundle trusted by apt/pip/npm inside image builds (TLS-intercepting proxies).
 EXTRA_CA_CERT ?= $(firstword $(PIP_CERT) $(SSL_CERT_FILE))
 PYTEST_ARGS ?=
-# The user network (no traffic between user containers) and the hub's fixed address on it.
+# A setting from the settings file, else its default (make runs before the hub reads the file).
+env_setting = $(or $(shell sed -n 's/^$(1)=//p' $(ENV_FILE) 2>/dev/null | tail -1),$(2))
+# The user network (no traffic between user containers), named by the GPUHUB_NETWORK setting;
+# its Linux bridge takes the name too, cut to the kernel's 15 characters.
+USER_NETWORK = $(call env_setting,GPUHUB_NETWORK,gpuhub-users)
+USER_BRIDGE = $(shell printf %.15s "$(USER_NETWORK)")
 USER_SUBNET ?= 10.213.0.0/16
 USER_IP_RANGE ?= 10.213.128.0/17
 HUB_IP ?= 10.213.0.2
@@ -75,16 +80,16 @@ $(ENV_FILE):
 	@scripts/make-env.sh .env.example $@
 
 up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images)
-	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP) $(USER_IP_RANGE)
+	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d hub hub-watchdog
 	@scripts/wait-and-greet.sh $(ENV_FILE)
 
 down:
 	$(COMPOSE) down
 
-# Restart the hub (user servers keep running); new courses' instructor roles take effect.
+# Restart the hub (user servers keep running), e.g. after changing the settings file.
 restart:
-	@scripts/user-network.sh gpuhub-users $(USER_SUBNET) gpuhub-users $(HUB_IP) $(USER_IP_RANGE)
+	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub
 	@scripts/wait-and-greet.sh $(ENV_FILE)
 
@@ -101,12 +106,19 @@ $(TOOLS)/.installed:
 	npm install --no-fund --no-audit --silent --prefix $(TOOLS) configurable-http-proxy@$(CHP_VERSION)
 	@touch $@
 
+# dockerspawner's own tests (from the pinned version's source distribution), which
+# tests/integration/test_dockerspawner_suite.py runs against GPUDockerSpawner.
+$(TOOLS)/dockerspawner-sdist/.installed: $(VENV)/.installed
+	$(VENV)/bin/pip download -q --no-deps --no-binary :all: -d $(TOOLS)/dockerspawner-sdist \
+	  "dockerspawner==$$($(VENV)/bin/python -c 'import dockerspawner; print(dockerspawner.__version__)')"
+	@touch $@
+
 # The sign-in tests' OpenID Connect provider (panva's oidc-provider, pinned by its lock file).
 tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
 	npm ci --no-fund --no-audit --silent --prefix tests/oidc
 	@touch $@
 
-dev-deps: $(VENV)/.installed $(TOOLS)/.installed tests/oidc/node_modules/.installed
+dev-deps: $(VENV)/.installed $(TOOLS)/.installed tests/oidc/node_modules/.installed $(TOOLS)/dockerspawner-sdist/.installed
 
 test-images: build-context
 	@set -e; \
@@ -129,10 +141,10 @@ test: dev-deps test-images lint
 	  $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: dev-deps test-images
-	$(VENV)/bin/python benchmarks/allocator.py
-	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/queue_handoff.py --image $(TEST_NOTEBOOK_IMAGE)
-	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python benchmarks/spawn_storm.py --image $(TEST_NOTEBOOK_IMAGE)
-	$(VENV)/bin/python benchmarks/hub_recovery.py --image $(TEST_NOTEBOOK_IMAGE)
+	$(VENV)/bin/python -m benchmarks.allocator
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.queue_handoff --image $(TEST_NOTEBOOK_IMAGE)
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.spawn_storm --image $(TEST_NOTEBOOK_IMAGE)
+	$(VENV)/bin/python -m benchmarks.hub_recovery --image $(TEST_NOTEBOOK_IMAGE)
 
 clean-build:
 	rm -rf .build

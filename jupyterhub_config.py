@@ -1,6 +1,6 @@
 """gpuhub's JupyterHub configuration.
 
-Deployment settings come from the environment (`.env`, see README's settings
+Deployment settings come from the environment (`.env`, see docs/admin.md's settings
 table); everything else is fixed here so every gpuhub behaves the same. A
 missing or malformed setting stops the hub with one line naming the variable.
 """
@@ -8,7 +8,7 @@ missing or malformed setting stops the hub with one line naming the variable.
 import os
 import sys
 
-from spawner import gpu_config, roles, settings, signin
+from spawner import gpu_config, settings, signin, staff_roles
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -23,11 +23,14 @@ try:
     # Files that must not outlive the hub's container: compose mounts a tmpfs here.
     run_dir = os.path.join(data_dir, "run")
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    # --- Sign-in (README: "Sign-in and access") -----------------------------------------
+    # --- Sign-in (docs/admin.md: "Sign-in") -----------------------------------------
     signin.configure(c, s, data_dir)
 except (settings.SettingsError, gpu_config.GPUConfigError, signin.SignInError) as e:
     print(f"gpuhub: configuration error: {e}", file=sys.stderr)
     sys.exit(2)
+
+# Settings that set one trait as they are (the table's `trait` column: docs/admin.md).
+settings.apply(c, s)
 
 # --- The hub, its proxy and its state -------------------------------------------------
 c.JupyterHub.bind_url = f"http://0.0.0.0:{s['GPUHUB_PORT']}"
@@ -51,60 +54,45 @@ if os.path.isdir("/proc/self"):
         os.remove(c.ConfigurableHTTPProxy.pid_file)
 c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
 c.JupyterHub.db_url = s["GPUHUB_DB_URL"] or f"sqlite:///{os.path.join(data_dir, 'jupyterhub.sqlite')}"
-c.JupyterHub.log_level = s["GPUHUB_LOG_LEVEL"]
 # User servers outlive hub restarts and upgrades; the hub finds them again.
 c.JupyterHub.cleanup_servers = False
-c.JupyterHub.concurrent_spawn_limit = s["GPUHUB_CONCURRENT_SPAWN_LIMIT"]
 # Named servers let a user keep a CPU server beside a GPU one; GPU quotas count across all of them.
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5
 
 # --- Access: tokens, metrics, roles ---------------------------------------------------------
-c.JupyterHub.token_expires_in_max_seconds = s["GPUHUB_TOKEN_MAX_AGE"]
 c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs the read:metrics scope
-c.JupyterHub.load_roles = []
+c.JupyterHub.load_roles = []  # services' roles only: staff roles are the authenticator's (managed roles)
+# Sign-in chose the mode; the same authenticator runs it, giving the lab-admin and instructor
+# roles as managed roles that follow the courses at once (spawner/staff_roles.py).
+c.JupyterHub.authenticator_class = staff_roles.AUTHENTICATORS[c.JupyterHub.authenticator_class]
 if s["GPUHUB_AUTH"] == "shared-password":
     # Anyone with the shared password may pick any name, so a role given by name would be
     # anyone's: lab-admin and instructor roles need a real identity (oidc or github).
+    c.StaffRoles.give_staff_roles = False
     print("gpuhub: shared-password mode: lab-admin and instructor roles are off (use oidc or github)", file=sys.stderr)
 else:
-    c.JupyterHub.load_roles.append(roles.lab_admin_role(s["GPUHUB_LAB_ADMIN_GROUP"]))
-    # Instructor roles follow the courses in the database; a new course's instructors get
-    # theirs at the next hub restart (`make restart`; user servers keep running).
-    try:
-        _courses, _users, _groups = roles.read_courses(c.JupyterHub.db_url)
-    except Exception as e:  # the hub reports an unreachable database itself, at greater length
-        print(f"gpuhub: could not read courses for instructor roles: {type(e).__name__}", file=sys.stderr)
-        _courses, _users, _groups = {}, set(), set()
-    _instructor_roles, _problems = roles.instructor_roles(_courses, _users, _groups)
-    c.JupyterHub.load_roles.extend(_instructor_roles)
-    for _problem in _problems:
-        print(f"gpuhub: course ignored for instructor roles: {_problem}", file=sys.stderr)
+    c.StaffRoles.lab_admin_group = s["GPUHUB_LAB_ADMIN_GROUP"]
 
 # --- User servers ----------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"
-c.DockerSpawner.image = s["GPUHUB_NOTEBOOK_IMAGE"]
-c.DockerSpawner.network_name = s["GPUHUB_NETWORK"]
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.prefix = "gpuhub"
-c.DockerSpawner.mem_limit = s["GPUHUB_MEM_LIMIT"]
-c.DockerSpawner.cpu_limit = s["GPUHUB_CPU_LIMIT"]
-c.GPUDockerSpawner.shm_size = s["GPUHUB_SHM_SIZE"]
-c.GPUDockerSpawner.pids_limit = s["GPUHUB_PIDS_LIMIT"]
 c.Spawner.default_url = "/lab"
 # A spawn may first wait in the GPU queue, then start normally.
 c.Spawner.start_timeout = s["GPUHUB_START_TIMEOUT"] + s["GPUHUB_GPU_WAIT_TIMEOUT"]
-c.GPUDockerSpawner.gpu_wait_timeout = s["GPUHUB_GPU_WAIT_TIMEOUT"]
+# How long the hub waits for a started server's first answer through the proxy: a class
+# starting at once on a loaded host takes longer than JupyterHub's 30 s default.
+c.Spawner.http_timeout = 120
 
 # --- GPUs: profiles, inventory, quotas -------------------------------------------------------
 c.GPUDockerSpawner.profile_list = gpu["profiles"]
 c.GPUDockerSpawner.gpus = gpu["gpus"]
 c.GPUDockerSpawner.gpu_exclude = gpu["exclude"]
-# The wait queue survives hub restarts and upgrades (README: "Allocation guarantees").
+# The wait queue survives hub restarts and upgrades (docs/gpus.md: "Allocation guarantees").
 c.GPUDockerSpawner.queue_file = os.path.join(data_dir, "gpu-queue.json")
 c.GPUQuota.default = gpu["default"]
 c.GPUQuota.groups = gpu["groups"]
-c.Spawner.http_timeout = 120
 
 # --- Services --------------------------------------------------------------------------
 if s["GPUHUB_IDLE_TIMEOUT"]:

@@ -1,13 +1,22 @@
-"""Rewrite README's settings table from spawner.settings.SETTINGS (make readme)."""
+"""Rewrite the settings table in docs/admin.md from spawner.settings.SETTINGS (make readme).
+
+The table lives between the `settings:start` / `settings:end` markers;
+tests/unit/test_settings.py fails while it is stale.
+"""
 
 import pathlib
 import re
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+root = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(root))
 from spawner.settings import markdown_table  # noqa: E402
 
-readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-text = readme.read_text()
+page = root / "docs" / "admin.md"
+text = page.read_text()
 pattern = re.compile(r"(<!-- settings:start \(make readme\) -->\n).*?(\n<!-- settings:end -->)", re.S)
-readme.write_text(pattern.sub(lambda m: m.group(1) + markdown_table() + m.group(2), text))
+new, count = pattern.subn(lambda m: m.group(1) + markdown_table() + m.group(2), text)
+if count != 1:
+    sys.exit(f"{page}: expected one settings:start / settings:end marker pair, found {count}")
+page.write_text(new)
+print(f"wrote the settings table to {page.relative_to(root)}")

@@ -17,7 +17,8 @@ from typing import Any
 from . import courses, profiles, quota
 from .devices import Request
 
-#: Server options a user may send; anything else (dockerspawner's `image`, GPU visibility) is refused.
+#: Server options a user may send; anything else (GPU visibility, limits) is refused. DockerSpawner's
+#: `image` option is resolved against `allowed_images` by the spawner before admission (`image=`).
 USER_OPTIONS = frozenset({"profile"})
 
 
@@ -58,13 +59,16 @@ def admit(
     user_options: Mapping[str, Any],
     profile_list: Sequence[profiles.Profile],
     default_image: str,
+    home_path: str,
     quota_default: Mapping[str, Any],
     quota_groups: Mapping[str, Mapping[str, Any]],
     user_groups: Mapping[str, Mapping[str, Any] | None],
     usage: Usage,
     usable: Callable[[Request], int],
+    image: str | None = None,
 ) -> SpawnPlan | Refusal:
-    """Decide one start. `user_groups` maps each of the user's groups to its properties;
+    """Decide one start. `image`: the image the user chose from DockerSpawner's `allowed_images`,
+    which replaces the profile's. `user_groups` maps each of the user's groups to its properties;
     `usable(request)` says how many such devices the host can hand out at all now."""
     unknown = set(user_options) - USER_OPTIONS
     if unknown:
@@ -73,7 +77,7 @@ def admit(
     if slug is not None and not isinstance(slug, str):
         return Refusal(400, f"server option 'profile' must be a profile name, got {type(slug).__name__}")
     groups = {name: props or {} for name, props in user_groups.items()}
-    course_plan = courses.plan(username, groups)
+    course_plan = courses.plan(username, groups, home_path=home_path)
     try:
         profile = profiles.choose(profile_list, slug or course_plan.profile)
     except profiles.ProfileError as e:
@@ -92,7 +96,7 @@ def admit(
         return Refusal(403, f"Over quota: {decision.reason}{extra}")
     return SpawnPlan(
         profile=profile,
-        image=profile.image or default_image,
+        image=image or profile.image or default_image,
         request=profile.gpu,
         charged_to=decision.charged_to,
         priority=decision.priority,

@@ -138,6 +138,11 @@ class Ledger:
         same = [e for e in self._queue if mine.intersection(self.pools_for(e.waiter.request))]
         return same.index(me) + 1, len(same)
 
+    def waiting_for(self, request: Request) -> int:
+        """How many queued waiters compete for the kind of device `request` asks for."""
+        mine = set(self.pools_for(request))
+        return sum(1 for e in self._queue if mine.intersection(self.pools_for(e.waiter.request)))
+
     def quarantined(self, uuid: str) -> list[str]:
         """Why a device is quarantined (one reason per key); empty if it is not."""
         return [self.quarantine[k][1] for k in sorted(self._blocked.get(uuid, ()))]

@@ -5,7 +5,7 @@
     gpuhub course enroll ml101 bob carol
     gpuhub course publish ml101 ./material        # volume courses: copy files into the course volume
     gpuhub course link ml101 week1/lecture1.ipynb  # an "open in gpuhub" link (nbgitpuller format)
-    gpuhub ssh-config >> ~/.ssh/config             # then: ssh gpuhub-<you> (README: SSH)
+    gpuhub ssh-config >> ~/.ssh/config             # then: ssh gpuhub-<you> (docs/users.md: SSH)
 
 Bad input exits non-zero with one line and changes nothing.
 """

@@ -1,15 +1,19 @@
-"""Turn a spawn's settings into docker-py `create_container` arguments. Pure.
+"""What gpuhub adds to the container DockerSpawner builds. Pure.
 
-Everything that decides how a user container looks - labels, home volume,
-limits, hardening, GPU device request - is decided here, so it is tested
-without Docker. `GPUDockerSpawner` only hands the result to the Docker API.
+DockerSpawner's own `create_object` builds every user container from its traits
+(image, command, environment, volumes, mounts, links, limits, ports, network and
+the admin's `extra_create_kwargs` / `extra_host_config`). gpuhub's layer goes in
+through those same traits: the labels from which a hub finds its containers and
+their devices in Docker alone, the home volume, the GPU device request by UUID,
+the limits DockerSpawner has no trait for, and the hardening, applied last. All
+of it is decided here, so it is tested without Docker or JupyterHub.
 """
 
 from __future__ import annotations
 
 import copy
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,15 @@ LABEL_DEVICES = "gpuhub.devices"
 LABEL_HUB = "gpuhub.hub"
 LABEL_QUOTA = "gpuhub.quota"  # the quota (group) the devices count against
 LABEL_LEASE = "gpuhub.lease"  # the lease the devices were granted under
+
+#: Where the home volume is mounted unless `GPUDockerSpawner.home_path` says otherwise: the image's HOME.
+DEFAULT_HOME_PATH = "/home/jovyan"
+#: uid:gid of the notebook server (the image's jovyan:users); never root.
+DEFAULT_USER = "1000:100"
+#: /dev/shm size; Docker's 64M makes PyTorch DataLoader workers die with "bus error".
+DEFAULT_SHM_SIZE = "2G"
+#: Most processes and threads per container: a fork bomb stops here.
+DEFAULT_PIDS_LIMIT = 4096
 
 #: Environment variables that choose GPUs. Only the spawner sets them, from the grant.
 GPU_VISIBILITY_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
@@ -38,6 +51,7 @@ FORBIDDEN_HOST_CONFIG = (
     "runtime",
     "device_cgroup_rules",
 )
+#: create_container keys an admin's `extra_create_kwargs` may not set: gpuhub sets them.
 FORBIDDEN_CREATE_KWARGS = ("user", "labels", "host_config", "environment")
 
 
@@ -53,45 +67,35 @@ def volume_safe(name: str) -> str:
     return "".join(c if c in _VOLUME_SAFE else "".join(f"_{b:02x}" for b in c.encode()) for c in name)
 
 
+def is_root(user: str) -> bool:
+    """Whether a `uid[:gid]` (or name) runs as root."""
+    return user.split(":", 1)[0].strip() in ("", "0", "root")
+
+
 class ContainerConfigError(ValueError):
     """The configured container would break gpuhub's guarantees."""
 
 
 @dataclass(frozen=True)
 class ContainerPlan:
-    """What one user container should be; every field is already rendered."""
+    """gpuhub's part of one user container; every field is already rendered."""
 
-    name: str
-    image: str
-    command: Sequence[str]
-    env: Mapping[str, str]
-    network: str
-    port: int
     hub_id: str
     username: str
     server_name: str
     home_volume: str
-    home_path: str = "/home/jovyan"
-    user: str = "1000:100"
-    mem_limit: str | int | None = None
-    cpu_limit: float | None = None
-    shm_size: str = "2G"
-    pids_limit: int = 4096
+    home_path: str = DEFAULT_HOME_PATH
+    user: str = DEFAULT_USER
+    mem_limit: int | None = None  # DockerSpawner sets the limit; swap is capped to it here
+    shm_size: str = DEFAULT_SHM_SIZE
+    pids_limit: int = DEFAULT_PIDS_LIMIT
     devices: Sequence[str] = ()
     charged_to: str = ""
     lease: str = ""
-    binds: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    mounts: Sequence[Any] = ()
-    extra_create_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    extra_host_config: Mapping[str, Any] = field(default_factory=dict)
+    binds: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # course material, by host path
 
 
-def _is_root(user: str) -> bool:
-    uid = user.split(":", 1)[0].strip()
-    return uid in ("", "0", "root")
-
-
-def _refuse_docker_socket(sources: Sequence[str]) -> None:
+def refuse_docker_socket(sources: Iterable[str]) -> None:
     for source in sources:
         if str(source).rstrip("/").endswith("docker.sock"):
             raise ContainerConfigError(
@@ -111,13 +115,13 @@ def labels(plan: ContainerPlan) -> dict[str, str]:
     }
 
 
-def environment(plan: ContainerPlan) -> dict[str, str]:
+def environment(env: Mapping[str, str], devices: Sequence[str]) -> dict[str, str]:
     """The container's environment; GPU visibility comes from the grant, never from the user."""
-    env = {k: v for k, v in plan.env.items() if k not in GPU_VISIBILITY_ENV}
+    env = {k: v for k, v in env.items() if k not in GPU_VISIBILITY_ENV}
     # "void" rather than unset: a host whose default runtime is nvidia would
     # otherwise expose every GPU to a CPU-only container.
-    env["NVIDIA_VISIBLE_DEVICES"] = ",".join(plan.devices) if plan.devices else "void"
-    if plan.devices:
+    env["NVIDIA_VISIBLE_DEVICES"] = ",".join(devices) if devices else "void"
+    if devices:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
     return env
 
@@ -128,35 +132,34 @@ def device_requests(plan: ContainerPlan) -> list[dict[str, Any]]:
     return [{"driver": "nvidia", "device_ids": list(plan.devices), "capabilities": [["gpu"]]}]
 
 
-def host_config(plan: ContainerPlan) -> dict[str, Any]:
-    """Keyword arguments for docker-py's `create_host_config`."""
-    extra = dict(copy.deepcopy(plan.extra_host_config))
+def binds(plan: ContainerPlan) -> dict[str, dict[str, str]]:
+    """The home volume and course material, in DockerSpawner's `volume_binds` shape."""
+    result = {plan.home_volume: {"bind": plan.home_path, "mode": "rw"}}
+    result.update(copy.deepcopy({k: dict(v) for k, v in plan.binds.items()}))
+    refuse_docker_socket(result)
+    return result
+
+
+def host_config(plan: ContainerPlan, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The admin's `extra_host_config` with gpuhub's layer on top, for DockerSpawner to merge
+    over the host config it builds from its traits (binds, mounts, links, limits, network)."""
+    extra = dict(copy.deepcopy(extra or {}))
     bad = sorted(k for k in extra if k in FORBIDDEN_HOST_CONFIG)
     if bad:
         raise ContainerConfigError(f"extra_host_config may not set {', '.join(bad)} (gpuhub enforces these)")
-    binds = {plan.home_volume: {"bind": plan.home_path, "mode": "rw"}}
-    binds.update(copy.deepcopy(dict(plan.binds)))
-    binds.update(extra.pop("binds", None) or {})
-    mounts = list(plan.mounts) + list(extra.pop("mounts", None) or [])
-    _refuse_docker_socket(list(binds) + [m.get("Source", "") for m in mounts])
-
+    refuse_docker_socket(list(extra.get("binds") or {}) + [_mount_source(m) for m in extra.get("mounts") or []])
     config: dict[str, Any] = {
-        "binds": binds,
-        "mounts": mounts,
-        "network_mode": plan.network,
-        "auto_remove": False,
         "shm_size": plan.shm_size,
         "pids_limit": plan.pids_limit,
         "restart_policy": {"Name": "no"},
+        **extra,
+        # gpuhub removes containers itself, once Docker confirms they stopped: the devices
+        # come back on the engine's word, and a crashed server's exit code can still be read.
+        "auto_remove": False,
     }
     if plan.mem_limit is not None:
-        config["mem_limit"] = plan.mem_limit
         # Swap would let a container use far more than its memory limit.
         config["memswap_limit"] = plan.mem_limit
-    if plan.cpu_limit is not None:
-        config["cpu_period"] = 100_000
-        config["cpu_quota"] = int(plan.cpu_limit * 100_000)
-    config.update(extra)
     # Hardening last, so nothing above can undo it.
     config.update(
         privileged=False,
@@ -167,23 +170,19 @@ def host_config(plan: ContainerPlan) -> dict[str, Any]:
     return config
 
 
-def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
-    """Keyword arguments for docker-py's `create_container` (host_config passed separately)."""
-    if _is_root(plan.user):
+def create_kwargs(plan: ContainerPlan, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The admin's `extra_create_kwargs` with gpuhub's user and labels, for DockerSpawner to merge
+    over the create_container arguments it builds (image, name, command, environment, ports)."""
+    if is_root(plan.user):
         raise ContainerConfigError(f"user containers must not run as root (user={plan.user!r})")
-    extra = dict(copy.deepcopy(plan.extra_create_kwargs))
+    extra = dict(copy.deepcopy(extra or {}))
     bad = sorted(k for k in extra if k in FORBIDDEN_CREATE_KWARGS)
     if bad:
         raise ContainerConfigError(f"extra_create_kwargs may not set {', '.join(bad)} (gpuhub sets these)")
-    kwargs: dict[str, Any] = {
-        "image": plan.image,
-        "name": plan.name,
-        "command": list(plan.command),
-        "environment": environment(plan),
-        "labels": labels(plan),
-        "user": plan.user,
-        "ports": {f"{plan.port}/tcp": None},
-        "volumes": sorted(b["bind"] for b in host_config(plan)["binds"].values()),
-    }
-    kwargs.update(extra)
-    return kwargs
+    return {**extra, "user": plan.user, "labels": labels(plan)}
+
+
+def _mount_source(mount: Any) -> str:
+    if isinstance(mount, Mapping):
+        return str(mount.get("Source") or mount.get("source") or "")
+    return str(getattr(mount, "get", lambda *_: "")("Source") or "")

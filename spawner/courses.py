@@ -30,7 +30,6 @@ USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 _GIT = re.compile(r"^(https?|git|ssh|file)://[^\s'\"`$;|&<>]+$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 KEYS = {"title", "instructors", "source", "data", "profile"}
-HOME = "/home/jovyan"
 STAGING = "/opt/gpuhub/courses"  # where students' containers see the course volume (read-only)
 
 
@@ -133,9 +132,10 @@ class CoursePlan:
     profile: str | None = None  # the first course's default profile
 
 
-def plan(username: str, groups: Mapping[str, Mapping[str, Any]]) -> CoursePlan:
+def plan(username: str, groups: Mapping[str, Mapping[str, Any]], *, home_path: str) -> CoursePlan:
     """Course mounts and sync tasks for `username`; `groups` maps each of their groups to its properties
-    (course groups describe courses, any group may be a course's instructor group)."""
+    (course groups describe courses, any group may be a course's instructor group). `home_path` is
+    where the user's home is mounted (`GPUDockerSpawner.home_path`)."""
     member_of = set(groups)
     binds: dict[str, dict[str, str]] = {}
     sync: list[dict[str, Any]] = []
@@ -158,7 +158,7 @@ def plan(username: str, groups: Mapping[str, Mapping[str, Any]]) -> CoursePlan:
             task["volume"] = True
             if instructor:
                 binds[volume_name(course.name)] = {
-                    "bind": f"{HOME}/courses-admin/{course.name}",
+                    "bind": f"{home_path}/courses-admin/{course.name}",
                     "mode": "rw",
                 }
             else:
@@ -167,7 +167,7 @@ def plan(username: str, groups: Mapping[str, Mapping[str, Any]]) -> CoursePlan:
             # Mounted beside the home's courses/ (Docker makes mount points root-owned);
             # the start hook links it in as ~/courses/<name>/data.
             binds[data_volume_name(course.name)] = {
-                "bind": f"{HOME}/course-data/{course.name}",
+                "bind": f"{home_path}/course-data/{course.name}",
                 "mode": "rw" if instructor else "ro",
             }
             task["data"] = True

@@ -1,6 +1,6 @@
 """The deployment's environment settings (`.env`): one table, parsed and validated.
 
-`jupyterhub_config.py` reads the hub's settings from here, README's settings table
+`jupyterhub_config.py` reads the hub's settings from here, docs/admin.md's settings table
 is written from the same table, and a missing or malformed value stops the hub at
 start with one line naming the variable. Pure: no Docker, no JupyterHub.
 """
@@ -13,31 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import container
+from .sizes import parse_size
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message is one line naming it."""
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$")
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """'8G' -> bytes. Suffixes K, M, G, T (powers of 1024), like Docker's."""
-    match = _SIZE.match(text.strip().upper())
-    if not match:
-        raise ValueError("expected a size such as 512M or 8G")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def _size(text: str) -> str:
     if parse_size(text) <= 0:
         raise ValueError("must be larger than zero")
     return text.strip().upper()
-
-
-def _optional_size(text: str) -> str | None:
-    return _size(text) if text.strip() else None
 
 
 def _count(text: str) -> int:
@@ -134,10 +121,6 @@ def _url(text: str) -> str:
     return text
 
 
-def _optional_url(text: str) -> str:
-    return _url(text) if text.strip() else ""
-
-
 def _groups(text: str) -> list[str]:
     """Comma-separated group names as the identity provider spells them (GitHub: org or org:team)."""
     groups = [g.strip() for g in text.split(",") if g.strip()]
@@ -182,6 +165,7 @@ class Setting:
     help: str
     secret: bool = False  # never echoed in error messages
     modes: tuple[str, ...] = ()  # only read for these GPUHUB_AUTH modes (empty: always)
+    trait: str = ""  # "Class.trait" the value sets as it is (`apply`); others are set in jupyterhub_config.py
 
 
 OAUTH_MODES = ("github", "oidc")
@@ -303,13 +287,21 @@ SETTINGS: tuple[Setting, ...] = (
         "2592000",
         _positive,
         "Longest lifetime in seconds of an API token a user creates (default 30 days).",
+        trait="JupyterHub.token_expires_in_max_seconds",
     ),
-    Setting("GPUHUB_NOTEBOOK_IMAGE", "gpuhub/notebook:latest", _image, "The notebook image user servers run."),
+    Setting(
+        "GPUHUB_NOTEBOOK_IMAGE",
+        "gpuhub/notebook:latest",
+        _image,
+        "The notebook image user servers run.",
+        trait="DockerSpawner.image",
+    ),
     Setting(
         "GPUHUB_NETWORK",
         "gpuhub-users",
         _docker_name,
         "Docker network shared by the hub and the user containers.",
+        trait="DockerSpawner.network_name",
     ),
     Setting(
         "GPUHUB_HUB_CONNECT_IP",
@@ -332,20 +324,40 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "SQLAlchemy URL of the hub database; empty means SQLite in GPUHUB_DATA_DIR.",
     ),
-    Setting("GPUHUB_MEM_LIMIT", "8G", _size, "Memory limit of each user container (e.g. 8G)."),
-    Setting("GPUHUB_CPU_LIMIT", "", _optional_cpus, "CPUs each user container may use; empty: no limit."),
+    Setting(
+        "GPUHUB_MEM_LIMIT",
+        "8G",
+        _size,
+        "Memory limit of each user container (e.g. 8G).",
+        trait="DockerSpawner.mem_limit",
+    ),
+    Setting(
+        "GPUHUB_CPU_LIMIT",
+        "",
+        _optional_cpus,
+        "CPUs each user container may use; empty: no limit.",
+        trait="DockerSpawner.cpu_limit",
+    ),
     Setting(
         "GPUHUB_SHM_SIZE",
-        "2G",
+        container.DEFAULT_SHM_SIZE,
         _size,
         "Size of /dev/shm in user containers; PyTorch DataLoader workers need more than Docker's 64M.",
+        trait="GPUDockerSpawner.shm_size",
     ),
-    Setting("GPUHUB_PIDS_LIMIT", "4096", _positive, "Most processes/threads a user container may run."),
+    Setting(
+        "GPUHUB_PIDS_LIMIT",
+        str(container.DEFAULT_PIDS_LIMIT),
+        _positive,
+        "Most processes/threads a user container may run.",
+        trait="GPUDockerSpawner.pids_limit",
+    ),
     Setting(
         "GPUHUB_CONCURRENT_SPAWN_LIMIT",
         "64",
         _positive,
         "Most servers starting at once; further starts are refused with 429 until some are up.",
+        trait="JupyterHub.concurrent_spawn_limit",
     ),
     Setting("GPUHUB_START_TIMEOUT", "300", _positive, "Seconds a server may take to start before it is failed."),
     Setting(
@@ -358,15 +370,22 @@ SETTINGS: tuple[Setting, ...] = (
         "GPUHUB_GPU_CONFIG",
         "",
         _text,
-        "JSON file of GPU profiles, static inventory, excluded GPUs and quotas (README); empty: CPU only.",
+        "JSON file of GPU profiles, static inventory, excluded GPUs and quotas (docs/gpus.md); empty: CPU only.",
     ),
     Setting(
         "GPUHUB_GPU_WAIT_TIMEOUT",
         "600",
         _positive,
         "Seconds a spawn may wait in the GPU queue before it fails with a clear message.",
+        trait="GPUDockerSpawner.gpu_wait_timeout",
     ),
-    Setting("GPUHUB_LOG_LEVEL", "INFO", _log_level, "Hub log level: DEBUG, INFO, WARNING or ERROR."),
+    Setting(
+        "GPUHUB_LOG_LEVEL",
+        "INFO",
+        _log_level,
+        "Hub log level: DEBUG, INFO, WARNING or ERROR.",
+        trait="JupyterHub.log_level",
+    ),
 )
 
 
@@ -402,10 +421,19 @@ def load(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def apply(config: Any, values: Mapping[str, Any]) -> None:
+    """Set every trait the table names (`Setting.trait`) on a traitlets config from loaded values."""
+    for setting in SETTINGS:
+        if setting.trait and values.get(setting.name) is not None:
+            section, trait = setting.trait.split(".")
+            config[section][trait] = values[setting.name]
+
+
 def markdown_table() -> str:
-    """README's settings table, generated from SETTINGS."""
+    """docs/admin.md's settings table, generated from SETTINGS."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for s in SETTINGS:
         default = "*(required)*" if s.default is None else (f"`{s.default}`" if s.default else "*(empty)*")
-        rows.append(f"| `{s.name}` | {default} | {s.help} |")
+        sets = f" Sets `{s.trait}`." if s.trait else ""
+        rows.append(f"| `{s.name}` | {default} | {s.help}{sets} |")
     return "\n".join(rows)

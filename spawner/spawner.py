@@ -7,7 +7,7 @@ collects settings, calls Docker off the event loop and waits for the server.
 from __future__ import annotations
 
 import asyncio
-import html
+import inspect
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +18,34 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default, validate
 
-from . import admission, container, gpu_config, inventory, profiles, quota
+from . import admission, container, form, gpu_config, inventory, profiles, quota
 from .engine import DockerEngine, EngineError
 from .gpu_service import GPUService, ServiceBusy, ServiceConfig, Ticket, owner_key
-from .settings import parse_size
+from .sizes import parse_size
 
 #: Words in Docker's answer to a failed start that blame the GPU path rather than the image or config.
 DEVICE_ERRORS = ("nvidia", "nvml", "gpu", "device error", "cuda")
+
+
+async def _evaluated(value, spawner):
+    """A DockerSpawner trait value: plain, or a callable of the spawner, possibly async."""
+    if callable(value):
+        value = value(spawner)
+    if inspect.isawaitable(value):
+        value = await value
+    return value or {}
+
+
+def _template_literal(value):
+    """Braces doubled, so DockerSpawner's template rendering (which the admin's values need)
+    leaves gpuhub's values - user names in labels, say - exactly as they are."""
+    if isinstance(value, str):
+        return value.replace("{", "{{").replace("}", "}}")
+    if isinstance(value, dict):
+        return {_template_literal(k): _template_literal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_template_literal(v) for v in value)
+    return value
 
 
 class GPUDockerSpawner(DockerSpawner):
@@ -43,12 +64,12 @@ class GPUDockerSpawner(DockerSpawner):
     ).tag(config=True)
 
     home_path = Unicode(
-        "/home/jovyan",
+        container.DEFAULT_HOME_PATH,
         help="Where the home volume is mounted in the container; the image's HOME.",
     ).tag(config=True)
 
     notebook_user = Unicode(
-        "1000:100",
+        container.DEFAULT_USER,
         help="""
         `uid:gid` the notebook server runs as. Never root: user containers run
         unprivileged, with every capability dropped and no-new-privileges set.
@@ -57,12 +78,12 @@ class GPUDockerSpawner(DockerSpawner):
 
     @validate("notebook_user")
     def _notebook_user_not_root(self, proposal):
-        if proposal.value.split(":", 1)[0].strip() in ("", "0", "root"):
+        if container.is_root(proposal.value):
             raise ValueError(f"GPUDockerSpawner.notebook_user must not be root, got {proposal.value!r}")
         return proposal.value
 
     shm_size = Unicode(
-        "2G",
+        container.DEFAULT_SHM_SIZE,
         help="""
         Size of /dev/shm in user containers. Docker's default (64M) makes PyTorch
         DataLoader workers (`num_workers > 0`) die with "bus error".
@@ -78,7 +99,7 @@ class GPUDockerSpawner(DockerSpawner):
         return proposal.value
 
     pids_limit = Integer(
-        4096,
+        container.DEFAULT_PIDS_LIMIT,
         min=64,
         help="Most processes and threads a user container may run (a fork bomb stops here).",
     ).tag(config=True)
@@ -216,6 +237,24 @@ class GPUDockerSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    options_form_template = Unicode(
+        form.DEFAULT_TEMPLATE,
+        help="""
+        Jinja template of the spawn form (the profile choice with live availability and
+        the queue hint). Looked up in `options_form_template_paths` first, then in the
+        templates gpuhub ships (`spawner/templates/`). Ignored when `options_form` is set.
+        """,
+    ).tag(config=True)
+
+    options_form_template_paths = List(
+        Unicode(),
+        help="""
+        Directories searched, in order, for `options_form_template` before gpuhub's own
+        templates: put a `gpuhub_form.html` in one to replace the spawn form. Its
+        variables are documented at the top of `spawner/templates/gpuhub_form.html`.
+        """,
+    ).tag(config=True)
+
     @default("remove")
     def _default_remove(self):
         # Containers are disposable; the home volume carries the state.
@@ -237,16 +276,28 @@ class GPUDockerSpawner(DockerSpawner):
             )
         return pool
 
-    def container_plan(self, command: list[str]) -> container.ContainerPlan:
-        """Everything container.py needs, from this spawner's settings and this start's plan."""
+    # --- The container: DockerSpawner builds it; gpuhub's layer goes in through its traits ------
+    _configured: dict | None = None
+
+    def _configured_value(self, name: str):
+        """A trait's configured value; the per-start values below replace it for one start."""
+        if self._configured is None:
+            self._configured = {n: getattr(self, n) for n in ("image", "mem_limit", "cpu_limit")}
+        return self._configured[name]
+
+    def _apply_plan(self, plan: admission.SpawnPlan) -> None:
+        """Put this start's image and limits on the traits DockerSpawner's create_object reads, as
+        DockerSpawner does with its `image` option and KubeSpawner with a profile's overrides."""
+        mem_limit = self._configured_value("mem_limit")
+        cpu_limit = self._configured_value("cpu_limit")
+        self.image = plan.image
+        self.mem_limit = plan.profile.mem_limit or mem_limit
+        self.cpu_limit = plan.profile.cpu_limit or cpu_limit
+
+    def container_plan(self) -> container.ContainerPlan:
+        """gpuhub's part of this start's container (outside a start: a CPU server's)."""
         plan = self._plan
         return container.ContainerPlan(
-            name=self.container_name,
-            image=plan.image,
-            command=command,
-            env=self.get_env(),
-            network=self.network_name,
-            port=self.port,
             hub_id=self.hub_id,
             username=self.user.name,
             server_name=self.name or "",
@@ -255,28 +306,41 @@ class GPUDockerSpawner(DockerSpawner):
             ),
             home_path=self.home_path,
             user=self.notebook_user,
-            mem_limit=plan.profile.mem_limit or self.mem_limit,
-            cpu_limit=plan.profile.cpu_limit or self.cpu_limit,
-            devices=self._devices,
-            charged_to=plan.charged_to,
-            lease=self._ticket.lease_id or "",
+            mem_limit=self.mem_limit,
             shm_size=self.shm_size,
             pids_limit=self.pids_limit,
-            binds={**self.volume_binds, **plan.courses.binds},
-            mounts=self.mount_binds,
-            extra_create_kwargs=self._render_templates(self._eval_if_callable(self.extra_create_kwargs)),
-            extra_host_config=self._render_templates(self._eval_if_callable(self.extra_host_config)),
+            devices=self._devices,
+            charged_to=plan.charged_to if plan else "",
+            lease=(self._ticket.lease_id or "") if self._ticket else "",
+            binds=plan.courses.binds if plan else {},
         )
 
+    @property
+    def volume_binds(self):
+        # The home volume and course material join the admin's `volumes`/`read_only_volumes`,
+        # so DockerSpawner both declares and binds them.
+        return {**super().volume_binds, **container.binds(self.container_plan())}
+
     async def create_object(self):
-        plan = self.container_plan(await self.get_command())
+        """DockerSpawner's create_object, with gpuhub's layer merged over the admin's
+        `extra_create_kwargs` / `extra_host_config` (callable, awaitable or plain, as upstream)."""
+        layer = self.container_plan()
+        admin_create, admin_host = self.extra_create_kwargs, self.extra_host_config
+
+        async def create_kwargs(spawner):
+            return _template_literal(container.create_kwargs(layer, await _evaluated(admin_create, spawner)))
+
+        async def host_config(spawner):
+            return _template_literal(container.host_config(layer, await _evaluated(admin_host, spawner)))
+
         try:
-            kwargs = container.create_kwargs(plan)
-            host_config = container.host_config(plan)
+            container.refuse_docker_socket([m.get("source", "") for m in self.mounts])
+            self.extra_create_kwargs, self.extra_host_config = create_kwargs, host_config
+            return await super().create_object()
         except container.ContainerConfigError as e:
             raise web.HTTPError(500, f"gpuhub configuration error: {e}") from None
-        kwargs["host_config"] = self.client.create_host_config(**host_config)
-        return await self.docker("create_container", **kwargs)
+        finally:
+            self.extra_create_kwargs, self.extra_host_config = admin_create, admin_host
 
     async def pull_image(self, image):
         try:
@@ -350,29 +414,43 @@ class GPUDockerSpawner(DockerSpawner):
         choices = profiles.parse(self.profile_list, svc.inventory)
         config = quota.GPUQuota(parent=self)
         allowed = admission.offered(choices, config.default, config.groups, self._groups(), svc.usable)
-        if len(choices) <= 1 or not allowed:
+        images = self._get_allowed_images()
+        images = [] if images == "*" else list(images)
+        if (len(choices) <= 1 or not allowed) and len(images) <= 1:
             return ""
-        default = profiles.choose(allowed, None).slug
-        items = []
+        default = profiles.choose(allowed, None).slug if allowed else None
+        rows = []
         for p in allowed:
+            gpu = None
             if p.gpu:
                 free, total = svc.availability(p.gpu)
-                state = f"{free} of {total} free"
-            else:
-                state = "no GPU"
-            items.append(
-                f'<label class="form-check" style="display:block;margin:.4em 0">'
-                f'<input class="form-check-input" type="radio" name="profile" value="{html.escape(p.slug)}"'
-                f"{' checked' if p.slug == default else ''}> <strong>{html.escape(p.display_name)}</strong>"
-                f' <span class="badge bg-secondary">{state}</span>'
-                f"<br><small>{html.escape(p.description)}</small></label>"
+                gpu = {"label": p.gpu.label, "free": free, "total": total, "waiting": svc.waiting_for(p.gpu)}
+            rows.append(
+                {
+                    "slug": p.slug,
+                    "display_name": p.display_name,
+                    "description": p.description,
+                    "checked": p.slug == default,
+                    "gpu": gpu,
+                }
             )
-        return "\n".join(items)
+        try:
+            return form.render(
+                self.options_form_template,
+                self.options_form_template_paths,
+                profiles=rows,
+                images=images if len(images) > 1 else [],
+                user=self.user.name,
+            )
+        except form.FormTemplateError as e:
+            self.log.error("gpuhub: %s", e)
+            raise web.HTTPError(500, f"gpuhub configuration error: {e}") from None
 
     @default("options_from_form")
     def _options_from_form_default(self):
         def options_from_form(formdata):
-            return {"profile": (formdata.get("profile") or [""])[0]}
+            # Only what the form sent: no profile means the default (or the course's) profile.
+            return {key: formdata[key][0] for key in ("profile", "image") if formdata.get(key)}
 
         return options_from_form
 
@@ -392,13 +470,18 @@ class GPUDockerSpawner(DockerSpawner):
         choices = profiles.parse(self.profile_list, svc.inventory)
         config = quota.GPUQuota(parent=self)
         groups = self._groups()
+        options = dict(self.user_options or {})
+        # DockerSpawner's own image choice: refused (400) unless the admin set `allowed_images`.
+        image = await self.check_allowed(options.pop("image")) if "image" in options else None
 
         def admit(usage: admission.Usage):
             return admission.admit(
                 username=self.user.name,
-                user_options=self.user_options or {},
+                user_options=options,
                 profile_list=choices,
-                default_image=self.image,
+                default_image=self._configured_value("image"),
+                home_path=self.home_path,
+                image=image,
                 quota_default=config.default,
                 quota_groups=config.groups,
                 user_groups=groups,
@@ -412,6 +495,7 @@ class GPUDockerSpawner(DockerSpawner):
         for problem in ticket.plan.problems:
             self.log.warning("gpuhub: %s", problem)
         self._plan, self._ticket, self._devices = ticket.plan, ticket, ()
+        self._apply_plan(ticket.plan)
         async with svc.starting(ticket):
             if ticket.plan.request is not None:
                 lease = await self._wait_for_lease(svc, ticket, from_browser)
@@ -423,7 +507,7 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def _start_container(self, svc: GPUService, ticket: Ticket) -> tuple[str, int]:
         """Create and start the container for this plan; the lease is bound the moment it exists."""
-        await self.pull_image(ticket.plan.image)
+        await self.pull_image(self.image)
         obj = await self.create_object()
         self.object_id = obj["Id"]  # no await before binding: a cancelled start still finds it
         svc.bind(ticket, self.object_id)
@@ -436,10 +520,12 @@ class GPUDockerSpawner(DockerSpawner):
             # the runtime hook say so); a broken image or bind mount is not the GPU's fault.
             ticket.device_failure = bool(self._devices) and any(w in reason.lower() for w in DEVICE_ERRORS)
             raise web.HTTPError(500, f"Docker could not start the server container: {reason}") from None
+        if self.post_start_cmd:
+            await self.post_start_exec()
         return await self.get_ip_and_port()
 
     def get_env(self):
-        env = super().get_env()
+        env = container.environment(super().get_env(), self._devices)
         if self._plan is not None and self._plan.courses.sync:
             env["GPUHUB_COURSES"] = json.dumps(self._plan.courses.sync)
         return env
@@ -520,6 +606,7 @@ class GPUDockerSpawner(DockerSpawner):
                 "gpuhub: %s: stopping %s failed (%s); its devices stay held", self.owner, self.object_id[:12], e
             )
             raise web.HTTPError(503, f"Docker did not stop the server container ({e})") from None
+        self.object_id = ""  # removed: nothing to find again (DockerSpawner does the same)
         self.clear_state()
 
     async def poll(self):

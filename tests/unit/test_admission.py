@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from spawner import admission, profiles
+from spawner import admission, courses, profiles, quota
 from spawner.admission import Refusal, SpawnPlan, Usage
 
 PROFILES = profiles.parse(
@@ -24,6 +24,7 @@ def admit(options=None, groups=None, usage=None, usable=lambda r: 8, default=Non
         user_options=options if options is not None else {"profile": "gpu"},
         profile_list=PROFILES,
         default_image="gpuhub/notebook:latest",
+        home_path="/home/student",
         quota_default=default if default is not None else {"profiles": ["cpu"]},
         quota_groups=config_groups if config_groups is not None else {"students": STUDENTS},
         user_groups=groups if groups is not None else {"students": {}},
@@ -73,7 +74,7 @@ def test_a_profile_the_host_cannot_serve_now_is_refused_with_503():
 
 
 def test_a_malformed_group_quota_grants_nothing_and_the_refusal_says_why():
-    refusal = admit(groups={"students": {"gpuhub": {"max_devices_per_user": "lots"}}})
+    refusal = admit(groups={"students": {quota.PROPERTY: {"max_devices_per_user": "lots"}}})
     assert refusal.status == 403 and "ignored:" in refusal.message and "max_devices_per_user" in refusal.message
 
 
@@ -89,7 +90,7 @@ def test_the_plan_queues_at_the_priority_of_the_quota_it_is_charged_to():
 
 
 def test_a_course_groups_profile_is_the_default_and_its_sync_is_in_the_plan():
-    course = {"gpuhub.course": {"source": {"git": "https://example.org/ml.git"}, "profile": "mig"}}
+    course = {courses.PROPERTY: {"source": {"git": "https://example.org/ml.git"}, "profile": "mig"}}
     plan = admit({}, groups={"students": {}, "course-ml101": course})
     assert plan.profile.slug == "mig" and plan.courses.sync[0]["name"] == "ml101"
 

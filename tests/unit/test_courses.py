@@ -2,8 +2,11 @@ import re
 
 import pytest
 
-from spawner import courses
+from spawner import courses, quota
 from spawner.courses import CourseError
+
+#: Not the image default, so a mount that ignores GPUDockerSpawner.home_path fails here.
+HOME = "/home/student"
 
 GIT = {
     "title": "ML 101",
@@ -45,9 +48,9 @@ def groups(**props):
 
 
 def test_a_student_gets_a_read_only_course_volume_outside_home_and_a_sync_task():
-    plan = courses.plan("bob", {**groups(vision=VOLUME, ml101=GIT), "students": {}})
+    plan = courses.plan("bob", {**groups(vision=VOLUME, ml101=GIT), "students": {}}, home_path=HOME)
     assert plan.binds["gpuhub-course-vision"] == {"bind": "/opt/gpuhub/courses/vision", "mode": "ro"}
-    assert plan.binds["gpuhub-course-vision-data"] == {"bind": "/home/jovyan/course-data/vision", "mode": "ro"}
+    assert plan.binds["gpuhub-course-vision-data"] == {"bind": f"{HOME}/course-data/vision", "mode": "ro"}
     assert plan.sync == [
         {"name": "ml101", "role": "student", "git": "https://git.example.edu/ml.git", "branch": "main"},
         {"name": "vision", "role": "student", "volume": True, "data": True},
@@ -56,23 +59,24 @@ def test_a_student_gets_a_read_only_course_volume_outside_home_and_a_sync_task()
 
 
 def test_an_instructor_mounts_the_course_volume_read_write_in_courses_admin():
-    plan = courses.plan("vera", groups(vision=VOLUME))
-    assert plan.binds["gpuhub-course-vision"] == {"bind": "/home/jovyan/courses-admin/vision", "mode": "rw"}
+    plan = courses.plan("vera", groups(vision=VOLUME), home_path=HOME)
+    assert plan.binds["gpuhub-course-vision"] == {"bind": f"{HOME}/courses-admin/vision", "mode": "rw"}
     assert plan.sync[0]["role"] == "instructor"
 
 
 def test_members_of_an_instructor_group_are_instructors():
-    assert courses.plan("tim", {**groups(ml101=GIT), "ml101-tas": {}}).sync[0]["role"] == "instructor"
+    assert courses.plan("tim", {**groups(ml101=GIT), "ml101-tas": {}}, home_path=HOME).sync[0]["role"] == "instructor"
 
 
 def test_a_broken_course_is_reported_and_skipped_not_fatal():
-    plan = courses.plan("bob", groups(ok=VOLUME, bad={"source": {"git": "ftp://x"}}))
+    plan = courses.plan("bob", groups(ok=VOLUME, bad={"source": {"git": "ftp://x"}}), home_path=HOME)
     assert [t["name"] for t in plan.sync] == ["ok"]
     assert len(plan.problems) == 1 and "course 'bad'" in plan.problems[0]
 
 
 def test_groups_that_are_not_courses_give_nothing():
-    assert courses.plan("bob", {"students": {"gpuhub": {}}, "course-x": {}}) == courses.CoursePlan({}, [], [])
+    plan = courses.plan("bob", {"students": {quota.PROPERTY: {}}, "course-x": {}}, home_path=HOME)
+    assert plan == courses.CoursePlan({}, [], [])
 
 
 @pytest.mark.parametrize("name", ["a", "ml101", "deep-learning-2026"])

@@ -16,6 +16,7 @@ import logging
 import pytest
 
 from spawner import admission, profiles
+from spawner.container import LABEL_USER
 from spawner.devices import Device
 from spawner.engine import EngineError
 from spawner.gpu_service import GPUService, ServiceBusy, ServiceConfig, owner_key
@@ -60,6 +61,7 @@ def admit_for(user, profile="gpu", quota_default=None, groups=None, config_group
             user_options={"profile": profile},
             profile_list=PROFILES,
             default_image="img",
+            home_path="/home/jovyan",
             quota_default=quota_default or {},
             quota_groups=config_groups or {},
             user_groups=groups or {},
@@ -150,7 +152,7 @@ async def test_a_start_cancelled_during_docker_start_removes_its_container_befor
     gate.open()  # the held `docker start` reaches the engine late, and finds no container
     await settle()
     assert engine.shared == [] and engine.running_on("GPU-0") == [bob]
-    assert all(c.labels["gpuhub.user"] == "bob" for c in engine.containers.values())
+    assert all(c.labels[LABEL_USER] == "bob" for c in engine.containers.values())
 
 
 async def test_a_start_whose_container_cannot_be_removed_keeps_its_devices(engine):
