@@ -50,6 +50,7 @@ FORBIDDEN_HOST_CONFIG = (
     "ipc_mode",
     "runtime",
     "device_cgroup_rules",
+    "volumes_from",  # another container's volumes: the hub's would bring the Docker socket
 )
 #: create_container keys an admin's `extra_create_kwargs` may not set: gpuhub sets them.
 FORBIDDEN_CREATE_KWARGS = ("user", "labels", "host_config", "environment")
@@ -95,9 +96,18 @@ class ContainerPlan:
     binds: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # course material, by host path
 
 
+#: Where the Docker socket lives on a host; mounting it, or a folder above it, is root on the host.
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
 def refuse_docker_socket(sources: Iterable[str]) -> None:
+    """Refuse bind sources that are the Docker socket or a host folder holding it (volume names pass)."""
     for source in sources:
-        if str(source).rstrip("/").endswith("docker.sock"):
+        source = str(source).strip()
+        path = "/" + source.strip("/")  # host paths only: a volume name has no leading '/'
+        if source.rstrip("/").endswith("docker.sock") or (
+            source.startswith("/") and any(s == path or s.startswith(path.rstrip("/") + "/") for s in DOCKER_SOCKETS)
+        ):
             raise ContainerConfigError(
                 f"volume {source!r} would give a user container the Docker socket (root on the host)"
             )
@@ -147,6 +157,9 @@ def host_config(plan: ContainerPlan, extra: Mapping[str, Any] | None = None) -> 
     bad = sorted(k for k in extra if k in FORBIDDEN_HOST_CONFIG)
     if bad:
         raise ContainerConfigError(f"extra_host_config may not set {', '.join(bad)} (gpuhub enforces these)")
+    if not isinstance(extra.get("binds") or {}, Mapping):
+        # DockerSpawner would replace its binds - the home volume among them - with a list.
+        raise ContainerConfigError("extra_host_config binds must be a mapping {source: {bind, mode}}, not a list")
     refuse_docker_socket(list(extra.get("binds") or {}) + [_mount_source(m) for m in extra.get("mounts") or []])
     config: dict[str, Any] = {
         "shm_size": plan.shm_size,

@@ -37,8 +37,7 @@ async def _evaluated(value, spawner):
 
 
 def _template_literal(value):
-    """Braces doubled, so DockerSpawner's template rendering (which the admin's values need)
-    leaves gpuhub's values - user names in labels, say - exactly as they are."""
+    """Braces doubled, so DockerSpawner's template rendering leaves the value exactly as it is."""
     if isinstance(value, str):
         return value.replace("{", "{{").replace("}", "}}")
     if isinstance(value, dict):
@@ -277,12 +276,13 @@ class GPUDockerSpawner(DockerSpawner):
         return pool
 
     # --- The container: DockerSpawner builds it; gpuhub's layer goes in through its traits ------
-    _configured: dict | None = None
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The configured values, before any start (or JupyterHub's apply_user_options) changes them.
+        self._configured = {n: getattr(self, n) for n in ("image", "mem_limit", "cpu_limit")}
 
     def _configured_value(self, name: str):
         """A trait's configured value; the per-start values below replace it for one start."""
-        if self._configured is None:
-            self._configured = {n: getattr(self, n) for n in ("image", "mem_limit", "cpu_limit")}
         return self._configured[name]
 
     def _apply_plan(self, plan: admission.SpawnPlan) -> None:
@@ -318,8 +318,10 @@ class GPUDockerSpawner(DockerSpawner):
     @property
     def volume_binds(self):
         # The home volume and course material join the admin's `volumes`/`read_only_volumes`,
-        # so DockerSpawner both declares and binds them.
-        return {**super().volume_binds, **container.binds(self.container_plan())}
+        # so DockerSpawner both declares and binds them; the whole set is checked.
+        binds = {**super().volume_binds, **container.binds(self.container_plan())}
+        container.refuse_docker_socket(binds)
+        return binds
 
     async def create_object(self):
         """DockerSpawner's create_object, with gpuhub's layer merged over the admin's
@@ -327,11 +329,15 @@ class GPUDockerSpawner(DockerSpawner):
         layer = self.container_plan()
         admin_create, admin_host = self.extra_create_kwargs, self.extra_host_config
 
+        # DockerSpawner renders templates ({username}, ...) in what these return: the admin's values
+        # need that; gpuhub's labels (user names may hold braces) are made template-proof first.
         async def create_kwargs(spawner):
-            return _template_literal(container.create_kwargs(layer, await _evaluated(admin_create, spawner)))
+            kwargs = container.create_kwargs(layer, await _evaluated(admin_create, spawner))
+            kwargs["labels"] = _template_literal(kwargs["labels"])
+            return kwargs
 
         async def host_config(spawner):
-            return _template_literal(container.host_config(layer, await _evaluated(admin_host, spawner)))
+            return container.host_config(layer, await _evaluated(admin_host, spawner))
 
         try:
             container.refuse_docker_socket([m.get("source", "") for m in self.mounts])
@@ -633,6 +639,7 @@ class GPUDockerSpawner(DockerSpawner):
     def clear_state(self):
         super().clear_state()
         self._devices = ()
+        self._plan = self._ticket = None  # a later create_object outside a start is a plain CPU one
 
     async def _wait_until_answering(self, ip: str, port: int) -> None:
         """Return once the server answers HTTP; fail early, with its last log line, if it exits."""

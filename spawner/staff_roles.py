@@ -120,7 +120,9 @@ def touches_courses(session) -> bool:
         if isinstance(obj, (orm.Group, orm.User)):
             return True
     for obj in session.dirty:
-        if isinstance(obj, orm.Group) and (_changed(obj, "properties") or _changed(obj, "name")):
+        # Only a course's own properties name instructors; quota edits on other groups do not.
+        course = isinstance(obj, orm.Group) and (obj.name or "").startswith(courses.GROUP_PREFIX)
+        if isinstance(obj, orm.Group) and ((course and _changed(obj, "properties")) or _changed(obj, "name")):
             return True
         if isinstance(obj, orm.User) and _changed(obj, "name"):
             return True

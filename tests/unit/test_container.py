@@ -178,3 +178,21 @@ def test_building_twice_gives_equal_results_and_does_not_mutate_inputs():
 )
 def test_user_names_map_to_readable_distinct_volume_names(name, volume):
     assert container.volume_safe(name) == volume
+
+
+@pytest.mark.parametrize("source", ["/var/run", "/run/", "/var", "/", "/home/x/docker.sock"])
+def test_a_host_folder_holding_the_docker_socket_is_refused(source):
+    with pytest.raises(ContainerConfigError, match="Docker socket"):
+        container.refuse_docker_socket([source])
+
+
+@pytest.mark.parametrize("source", ["var", "run", "jupyterhub-user-a", "/srv/run", "/var/lib/data"])
+def test_volume_names_and_other_host_folders_pass(source):
+    container.refuse_docker_socket([source])
+
+
+def test_volumes_from_and_list_binds_are_refused():
+    with pytest.raises(ContainerConfigError, match="volumes_from"):
+        container.host_config(plan(), {"volumes_from": ["gpuhub-hub"]})
+    with pytest.raises(ContainerConfigError, match="mapping"):
+        container.host_config(plan(), {"binds": ["/srv/x:/x:rw"]})
