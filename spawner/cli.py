@@ -18,12 +18,17 @@ import os
 import re
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
 import requests
 
-from . import courses
+from . import container, courses
+
+#: The notebook server's uid/gid and account name, as the spawner's defaults give them
+#: (`GPUDockerSpawner.notebook_user`, the image's home `GPUDockerSpawner.home_path`).
+NOTEBOOK_UID, NOTEBOOK_GID = (int(x) for x in container.DEFAULT_USER.split(":"))
+NOTEBOOK_ACCOUNT = PurePosixPath(container.DEFAULT_HOME_PATH).name
 
 
 class CLIError(Exception):
@@ -155,7 +160,9 @@ def cmd_publish(hub: Hub, a) -> str:
             if path.is_symlink() or not (path.is_file() or path.is_dir()):
                 continue
             info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
-            info.uid, info.gid, info.uname, info.gname = 1000, 100, "jovyan", "users"
+            # Owned by the notebook user, so the course's instructors can edit what they upload.
+            # (names too: tar maps owners by name first, and this machine's names mean nothing there)
+            info.uid, info.gid, info.uname, info.gname = NOTEBOOK_UID, NOTEBOOK_GID, NOTEBOOK_ACCOUNT, "users"
             info.mode = 0o755 if path.is_dir() else 0o644
             if path.is_file():
                 count += 1
@@ -207,7 +214,7 @@ def cmd_ssh_config(hub: Hub, a) -> str:
     return "\n".join(
         [
             f"Host {alias}",
-            "    User jovyan",
+            f"    User {NOTEBOOK_ACCOUNT}",
             "    # The hub token authenticates the tunnel; keep it in the environment, not in this file.",
             f'    ProxyCommand websocat --binary -H="Authorization: token ${{GPUHUB_TOKEN}}" asyncstdio: {scheme}://{host}{path}',
         ]
