@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from harness.hub import SHARED_PASSWORD, TEST_GATEWAY, user_container
+from spawner import courses
 
 from .browser import sign_in_with_password, wait_for_lab
 from .denials import DENIED
@@ -289,13 +290,13 @@ def test_an_instructor_gets_and_loses_their_course_role_at_once_without_a_hub_re
     assert "instructor-live" in hub.user_model(teacher)["roles"]
 
     course = {"title": "Live", "instructors": [], "source": {"volume": True}}
-    assert hub.api("PUT", "/groups/course-live/properties", json={"gpuhub.course": course}).ok
+    assert hub.api("PUT", "/groups/course-live/properties", json={courses.PROPERTY: course}).ok
     refused("instructor taken off the course (token, browser) -> its student's model")
     assert "instructor-live" not in hub.user_model(teacher)["roles"]
 
     # An instructor group (here the provider's `instructors`): the role is the group's.
     course["instructors"] = ["group:instructors"]
-    assert hub.api("PUT", "/groups/course-live/properties", json={"gpuhub.course": course}).ok
+    assert hub.api("PUT", "/groups/course-live/properties", json={courses.PROPERTY: course}).ok
     assert reach() == (200, 200)
     assert "instructor-live" in hub.api("GET", "/groups/instructors").json()["roles"]
 

@@ -7,7 +7,7 @@ from jupyterhub.user import User
 from traitlets import Any
 from traitlets.config import Configurable
 
-from spawner import roles, staff_roles
+from spawner import courses, roles, staff_roles
 
 ML = {"title": "ML", "instructors": ["alice", "ghost", "group:ml-tas"], "source": {"volume": True}}
 LOG = logging.getLogger("test")
@@ -89,7 +89,7 @@ def add(db, *objects):
 
 def set_course(db, group: orm.Group, course: dict | None) -> None:
     # what PUT /hub/api/groups/<name>/properties does
-    group.properties = {"gpuhub.course": course} if course is not None else {}
+    group.properties = {courses.PROPERTY: course} if course is not None else {}
     db.commit()
 
 
@@ -173,7 +173,7 @@ async def test_managed_roles_at_start_are_lab_admin_by_group_and_the_courses_ins
     session = orm.new_session_factory("sqlite://")()
     course = orm.Group(name="course-ml101")
     add(session, orm.User(name="alice"), course)
-    course.properties = {"gpuhub.course": ML}
+    course.properties = {courses.PROPERTY: ML}
     session.commit()
     auth = authenticator(session, lab_admin_group="uni:hpc")
     assert auth.manage_roles and auth.reset_managed_roles_on_startup
@@ -202,7 +202,7 @@ async def test_signing_in_resyncs_the_users_own_roles_and_keeps_user_and_admin()
         hub_roles.assign_default_roles(db, u)
     course = orm.Group(name="course-ml101")
     add(db, course)
-    course.properties = {"gpuhub.course": {"instructors": ["alice", "newbie"], "source": {"volume": True}}}
+    course.properties = {courses.PROPERTY: {"instructors": ["alice", "newbie"], "source": {"volume": True}}}
     db.commit()
     auth = authenticator(db)
 
