@@ -6,16 +6,17 @@ missing or malformed setting stops the hub with one line naming the variable.
 """
 
 import os
+import secrets
 import sys
 
-from spawner import gpu_config, settings, signin, staff_roles
+from spawner import gpu_config, hub_api, settings, signin, staff_roles
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 try:
     s = settings.load(os.environ)
     # Checked now, against this host's GPUs, so a bad profile stops the hub at start.
-    gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"])
+    gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"], hub_idle_timeout=s["GPUHUB_IDLE_TIMEOUT"])
     for _why in gpu["disabled"]:
         print(f"gpuhub: {_why}", file=sys.stderr)
     data_dir = s["GPUHUB_DATA_DIR"]
@@ -94,9 +95,31 @@ c.GPUDockerSpawner.queue_file = os.path.join(data_dir, "gpu-queue.json")
 c.GPUQuota.default = gpu["default"]
 c.GPUQuota.groups = gpu["groups"]
 
+# --- GPU operations: telemetry, usage records, limits, budgets (docs/gpus.md) --------------
+# Usage records live in the hub's own database, so they follow its choice (SQLite or PostgreSQL).
+c.GPUDockerSpawner.usage_db_url = c.JupyterHub.db_url
+# gpuhub stops servers for limits and budgets through the hub's REST API, with a token of its own
+# (new at every hub start, never written anywhere but the hub's database).
+_ops_token = secrets.token_hex(32)
+c.GPUDockerSpawner.hub_api_url = f"http://127.0.0.1:{s['GPUHUB_HUB_PORT']}/hub/api"
+c.GPUDockerSpawner.hub_api_token = _ops_token
+c.JupyterHub.custom_scopes = hub_api.CUSTOM_SCOPES
+c.JupyterHub.extra_handlers = hub_api.handlers()
+# The hub's pages say why gpuhub stopped a server, and warn before it does.
+c.JupyterHub.template_paths = [os.path.join(os.path.dirname(os.path.abspath(hub_api.__file__)), "templates", "hub")]
+
 # --- Services --------------------------------------------------------------------------
+c.JupyterHub.services = [{"name": "gpuhub-operations", "api_token": _ops_token}]
+c.JupyterHub.load_roles.append(
+    {
+        "name": "gpuhub-operations",
+        "description": "gpuhub stops servers for their profile limits and GPU-hour budgets",
+        "scopes": ["list:users", "read:servers", "delete:servers"],
+        "services": ["gpuhub-operations"],
+    }
+)
 if s["GPUHUB_IDLE_TIMEOUT"]:
-    c.JupyterHub.services = [
+    c.JupyterHub.services += [
         {
             "name": "idle-culler",
             "command": [

@@ -66,10 +66,12 @@ def admit(
     usage: Usage,
     usable: Callable[[Request], int],
     image: str | None = None,
+    exhausted: Mapping[str, str] | None = None,
 ) -> SpawnPlan | Refusal:
     """Decide one start. `image`: the image the user chose from DockerSpawner's `allowed_images`,
     which replaces the profile's. `user_groups` maps each of the user's groups to its properties;
-    `usable(request)` says how many such devices the host can hand out at all now."""
+    `usable(request)` says how many such devices the host can hand out at all now. `exhausted`: quota
+    sources whose GPU-hour budget is used up, with the reason (`quota.decide`)."""
     unknown = set(user_options) - USER_OPTIONS
     if unknown:
         return Refusal(400, f"unknown server option(s): {', '.join(sorted(unknown))}")
@@ -90,7 +92,7 @@ def admit(
         why = profiles.unservable(profile, usable(profile.gpu))
         if why:
             return Refusal(503, f"{why} that can be handed out now; ask a lab admin")
-    decision = quota.decide(quotas, profile.slug, profile.device_count, usage.user, usage.by_quota)
+    decision = quota.decide(quotas, profile.slug, profile.device_count, usage.user, usage.by_quota, exhausted)
     if not decision.allowed:
         extra = f" (ignored: {'; '.join(problems)})" if problems else ""
         return Refusal(403, f"Over quota: {decision.reason}{extra}")

@@ -23,6 +23,7 @@ LABEL_DEVICES = "gpuhub.devices"
 LABEL_HUB = "gpuhub.hub"
 LABEL_QUOTA = "gpuhub.quota"  # the quota (group) the devices count against
 LABEL_LEASE = "gpuhub.lease"  # the lease the devices were granted under
+LABEL_PROFILE = "gpuhub.profile"  # the profile it was started with (limits and usage records follow it)
 
 #: Where the home volume is mounted unless `GPUDockerSpawner.home_path` says otherwise: the image's HOME.
 DEFAULT_HOME_PATH = "/home/jovyan"
@@ -93,6 +94,7 @@ class ContainerPlan:
     devices: Sequence[str] = ()
     charged_to: str = ""
     lease: str = ""
+    profile: str = ""
     binds: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # course material, by host path
 
 
@@ -122,6 +124,7 @@ def labels(plan: ContainerPlan) -> dict[str, str]:
         LABEL_DEVICES: ",".join(plan.devices),
         LABEL_QUOTA: plan.charged_to,
         LABEL_LEASE: plan.lease,
+        LABEL_PROFILE: plan.profile,
     }
 
 

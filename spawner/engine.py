@@ -36,6 +36,8 @@ class ContainerView:
     state: str = "running"  # created, running, restarting, paused, removing, exited, dead
     exit_code: int = 0
     created: str = ""  # sortable creation time: at a conflict, the older container is the holder
+    oom_killed: bool = False  # the kernel's OOM killer ended it (its memory limit)
+    memory_limit: int = 0  # bytes; 0 = none
 
     @property
     def running(self) -> bool:
@@ -127,6 +129,8 @@ class DockerEngine:
             state=state.get("Status") or ("running" if state.get("Running") else "exited"),
             exit_code=int(state.get("ExitCode") or 0),
             created=info.get("Created", ""),
+            oom_killed=bool(state.get("OOMKilled")),
+            memory_limit=int((info.get("HostConfig") or {}).get("Memory") or 0),
         )
 
     async def stop(self, container_id: str, timeout: float) -> None:

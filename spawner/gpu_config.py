@@ -38,7 +38,7 @@ def take_loaded(gpus, exclude) -> inventory.Inventory | None:
     return _loaded.pop(_key(list(gpus), list(exclude)), None)
 
 
-def load(path: str, discover=inventory.discover) -> dict[str, Any]:
+def load(path: str, discover=inventory.discover, hub_idle_timeout: float = 0) -> dict[str, Any]:
     """Read and validate; returns the values for the spawner and GPUQuota traits."""
     if not path:
         return {
@@ -58,12 +58,12 @@ def load(path: str, discover=inventory.discover) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise GPUConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
-        return _validate(data, discover)
+        return _validate(data, discover, hub_idle_timeout)
     except (GPUConfigError, inventory.InventoryError, profiles.ProfileError, quota.QuotaError) as e:
         raise GPUConfigError(f"{path}: {e}") from None
 
 
-def _validate(data: Any, discover) -> dict[str, Any]:
+def _validate(data: Any, discover, hub_idle_timeout: float = 0) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GPUConfigError("must hold a JSON object")
     unknown = set(data) - KEYS
@@ -79,7 +79,7 @@ def _validate(data: Any, discover) -> dict[str, Any]:
     profile_list = data.get("profiles", [])
     if not isinstance(profile_list, list):
         raise GPUConfigError("profiles must be a list")
-    parsed = profiles.parse(profile_list, found)
+    parsed = profiles.parse(profile_list, found, hub_idle_timeout)
     slugs = {p.slug for p in parsed}
     quotas = data.get("quota", {})
     if not isinstance(quotas, dict) or set(quotas) - {"default", "groups"}:

@@ -42,6 +42,7 @@ from .allocator import AllocationError, Lease, Ledger
 from .devices import Request
 from .engine import ContainerView, Engine, EngineError
 from .inventory import Inventory
+from .operations import Operations
 
 DEVICES_TOTAL = Gauge("gpuhub_devices_total", "Allocatable GPU devices", ["model", "mig_profile"])
 DEVICES_HELD = Gauge("gpuhub_devices_held", "GPU devices held by user servers", ["model", "mig_profile"])
@@ -106,6 +107,7 @@ class GPUService:
         load_inventory: Callable[[], Inventory],
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ops: Callable[[GPUService], Operations] | None = None,
     ):
         self.config = config
         self.engine = engine
@@ -125,6 +127,16 @@ class GPUService:
         self._failures: dict[str, int] = {}  # device -> failed starts in a row
         self._tasks: list[asyncio.Task] = []
         self._queue_dirty = asyncio.Event()
+        self._end_reason: dict[str, str] = {}  # container id -> why it is going away (usage records)
+        self.ended: dict[str, tuple[str, float, str]] = {}  # owner -> (end reason, when, words) of its last container
+        # Telemetry, usage records, budgets and culling; built with the service, started once it is ready.
+        self.ops = ops(self) if ops else Operations(devices=self._devices, leases=self._leases, log=self.log)
+
+    def _devices(self):
+        return self.ledger.devices if self.ledger else {}
+
+    def _leases(self):
+        return list(self.ledger.leases.values()) if self.ledger else []
 
     # --- start-up ---------------------------------------------------------------------------
     async def ready(self) -> Ledger:
@@ -140,9 +152,11 @@ class GPUService:
                 self.inventory, self.ledger = inventory, ledger
                 self._quarantine_unhealthy(inventory)
                 self._account(listed, "rebuilt from the engine")
+                self.ops.rebuilt({lease.id for lease in ledger.leases.values() if lease.container})
                 self._restore_queue()
                 self._wake(ledger.dispatch())
                 self._start_background()
+                self.ops.start()
                 self._update_metrics()
         return self.ledger
 
@@ -166,6 +180,7 @@ class GPUService:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.ops.close()
 
     # --- admission and reservation ------------------------------------------------------------
     def usage(self, username: str, besides: str = "") -> Usage:
@@ -254,6 +269,7 @@ class GPUService:
         ticket.container = container_id
         if ticket.lease_id and ticket.lease_id in self.ledger.leases:
             self.ledger.bind(ticket.lease_id, container_id)
+            self.ops.lease_bound(self.ledger.leases[ticket.lease_id], time.time(), ticket.plan.profile.slug)
 
     @contextlib.asynccontextmanager
     async def starting(self, ticket: Ticket) -> AsyncIterator[Ticket]:
@@ -294,6 +310,7 @@ class GPUService:
                 if lease.container:
                     made.add(lease.container)
             for cid in made:
+                self._end_reason.setdefault(cid, "start-failed")
                 await self._remove(cid)
         except EngineError as e:
             if lease is not None and lease.container is not None:
@@ -355,6 +372,7 @@ class GPUService:
         if view.running or owner in self._starting:
             return None
         self.log.warning("gpuhub: %s: container %s is %s; removing it", owner, container_id[:12], view.state)
+        self._exited(owner, container_id, view)
         try:
             await self._remove(container_id)
         except EngineError as e:
@@ -363,9 +381,22 @@ class GPUService:
             )
         return view.exit_code
 
-    async def stop(self, owner: str, container_id: str, timeout: float) -> None:
+    def _exited(self, owner: str, container_id: str, view: ContainerView) -> None:
+        """The container ended by itself: say why, for the usage records and the hub's page."""
+        if view.oom_killed:
+            limit = f": limit {_size(view.memory_limit)}" if view.memory_limit else ""
+            reason, words = "oom-killed", f"it ran out of memory{limit}"
+        elif view.exit_code:
+            reason, words = "crashed", f"the server exited by itself with code {view.exit_code}"
+        else:
+            reason, words = "user", "the server was shut down from inside (File > Shut Down)"
+        self._end_reason.setdefault(container_id, reason)
+        self.ended[owner] = (reason, time.time(), words)
+
+    async def stop(self, owner: str, container_id: str, timeout: float, reason: str = "user") -> None:
         """Stop and remove the container; its devices go back once the engine confirms. Raises EngineError."""
         self.claim(container_id)
+        self._end_reason[container_id] = reason
         await self.engine.stop(container_id, timeout)
         await self._remove(container_id)
 
@@ -375,6 +406,11 @@ class GPUService:
         self._gone(container_id)
 
     def _gone(self, container_id: str) -> None:
+        reason = self._end_reason.pop(container_id, "lost")
+        lease_id = self.ledger.by_container.get(container_id) if self.ledger is not None else None
+        ended = self.ledger.leases.get(lease_id) if lease_id else None
+        if ended is not None:
+            self.ops.lease_ended(ended, reason)
         self._removed[container_id] = None
         while len(self._removed) > 10_000:
             self._removed.popitem(last=False)
@@ -385,6 +421,9 @@ class GPUService:
             self._update_metrics()
 
     def _release(self, lease_id: str) -> None:
+        lease = self.ledger.leases.get(lease_id)
+        if lease is not None and lease.container is not None:
+            self.ops.lease_ended(lease, "lost")
         self._wake(self.ledger.release(lease_id))
         self._update_metrics()
 
@@ -444,11 +483,15 @@ class GPUService:
                 and set(c.devices) <= set(mine.devices)
             ):
                 ledger.bind(lease_id, c.id)  # created, the start has not bound it yet
+                self.ops.lease_bound(
+                    ledger.leases[lease_id], _created(c.created), c.labels.get(container.LABEL_PROFILE, "")
+                )
                 continue
             try:
                 lease = ledger.adopt(
                     c.owner, c.devices, c.id, lease_id or None, c.labels.get(container.LABEL_QUOTA, "")
                 )
+                self.ops.lease_bound(lease, _created(c.created), c.labels.get(container.LABEL_PROFILE, ""))
                 self.log.info(
                     "gpuhub: %s: %s holds %s (container %s)", what, c.owner, ",".join(lease.devices), c.id[:12]
                 )
@@ -489,6 +532,7 @@ class GPUService:
                 self._tasks.append(asyncio.ensure_future(self._remove_orphan(c)))
 
     async def _remove_orphan(self, c: ContainerView) -> None:
+        self._end_reason.setdefault(c.id, "orphan-removed")
         try:
             await self._remove(c.id)
             ORPHANS_REMOVED.inc()
@@ -696,6 +740,23 @@ class GPUService:
             DEVICES_HELD.labels(*key).set(held)
             DEVICES_QUARANTINED.labels(*key).set(blocked)
         QUEUE_LENGTH.set(len(ledger.waiting()))
+
+
+def _created(text: str) -> float:
+    """Docker's creation time ("2026-11-26T10:00:00.123456789Z") as epoch seconds; now if unreadable."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _size(n: int) -> str:
+    for unit, size in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n / 1024**3:.1f}G" if n >= 1024**3 else f"{n // 1024**2}M"
 
 
 def _fits(lease: Lease, request: Request, ledger: Ledger) -> bool:

@@ -5,8 +5,13 @@ c.GPUDockerSpawner.profile_list = [
     {"slug": "mig-small", "display_name": "1 MIG slice (10 GB)",
      "gpu": {"count": 1, "mig_profile": "1g.10gb"}, "mem_limit": "16G"},
     {"slug": "a100x2", "display_name": "2 x A100", "gpu": {"count": 2, "model": "NVIDIA A100-SXM4-80GB"},
-     "mem_limit": "64G", "cpu_limit": 16, "image": "gpuhub/notebook:latest"},
+     "mem_limit": "64G", "cpu_limit": 16, "image": "gpuhub/notebook:latest",
+     "gpu_idle_timeout": "30m", "gpu_idle_threshold": 5, "max_runtime": "8h", "idle_timeout": "20m"},
 ]
+
+Limits (docs/gpus.md, "Culling, limits and budgets"): `gpu_idle_timeout` (GPU profiles only) with
+`gpu_idle_threshold` (percent, default 5), `max_runtime` and `idle_timeout`; durations as "30m",
+"2h", "90s" or seconds.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import mig
+from . import budget, mig
+from .culling import Limits
 from .devices import Request
 from .inventory import Inventory
 from .sizes import parse_size
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
-_KEYS = {"slug", "display_name", "description", "default", "gpu", "mem_limit", "cpu_limit", "image"}
+_LIMIT_KEYS = {"gpu_idle_timeout", "gpu_idle_threshold", "max_runtime", "idle_timeout"}
+_KEYS = {"slug", "display_name", "description", "default", "gpu", "mem_limit", "cpu_limit", "image"} | _LIMIT_KEYS
 
 
 class ProfileError(ValueError):
@@ -39,6 +46,7 @@ class Profile:
     mem_limit: str | None = None
     cpu_limit: float | None = None
     image: str | None = None
+    limits: Limits = Limits()
 
     @property
     def device_count(self) -> int:
@@ -48,8 +56,13 @@ class Profile:
 CPU_ONLY = Profile("cpu", "CPU only", "No GPU.", default=True)
 
 
-def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None = None) -> list[Profile]:
+def parse(
+    profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None = None, hub_idle_timeout: float = 0
+) -> list[Profile]:
     """Validate `profile_list` into Profiles (MIG profile names also against the inventory's GPUs).
+
+    `hub_idle_timeout`: the hub-wide activity culler's timeout (0: none); a profile's
+    `idle_timeout` must be shorter, or it would never act.
 
     Whether the host can serve a profile *now* is not decided here: GPUs come and go,
     and a profile the host cannot serve is disabled at admission, never a reason for
@@ -98,6 +111,7 @@ def parse(profile_list: Sequence[Mapping[str, Any]], inventory: Inventory | None
                 str(mem).upper() if mem is not None else None,
                 float(cpu) if cpu is not None else None,
                 image,
+                _limits(entry, where, request, hub_idle_timeout),
             )
         )
     defaults = [p.slug for p in profiles if p.default]
@@ -125,6 +139,29 @@ def _gpu(spec: Any, where: str, known_mig: Iterable[str]) -> Request | None:
     ):
         raise ProfileError(f"{where}: unknown MIG profile {mig_profile!r} (known: 1g.10gb, 3g.40gb, 7g.80gb, ...)")
     return Request(count, mig_profile=mig_profile, model=model)
+
+
+def _limits(entry: Mapping[str, Any], where: str, request: Request | None, hub_idle_timeout: float) -> Limits:
+    values: dict[str, float] = {}
+    try:
+        for key in ("gpu_idle_timeout", "max_runtime", "idle_timeout"):
+            if entry.get(key) is not None:
+                values[key] = budget.duration(entry[key], f"{where}: {key}")
+    except budget.BudgetError as e:
+        raise ProfileError(str(e)) from None
+    threshold = entry.get("gpu_idle_threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 100:
+            raise ProfileError(f"{where}: gpu_idle_threshold must be a percentage above 0 and at most 100")
+        values["gpu_idle_threshold"] = float(threshold)
+    if request is None and ("gpu_idle_timeout" in values or "gpu_idle_threshold" in values):
+        raise ProfileError(f"{where}: gpu_idle_timeout and gpu_idle_threshold need a gpu in the profile")
+    if "idle_timeout" in values and hub_idle_timeout and values["idle_timeout"] >= hub_idle_timeout:
+        raise ProfileError(
+            f"{where}: idle_timeout ({values['idle_timeout']:.0f} s) must be shorter than the hub-wide"
+            f" GPUHUB_IDLE_TIMEOUT ({hub_idle_timeout:.0f} s), which already stops idle servers"
+        )
+    return Limits(**values)
 
 
 def unservable(profile: Profile, usable: int) -> str:

@@ -6,6 +6,8 @@ A quota is a mapping with any of these keys:
     max_devices_per_user   devices one user may hold at once, over all their servers
     max_devices_per_group  devices all members together may hold through this group
     priority               place in the GPU wait queue (higher goes first)
+    gpu_hours_per_user     GPU-hour budget of each member, e.g. "20/week" (see spawner/budget.py)
+    gpu_hours_per_group    GPU-hour budget of all members together, e.g. "500/month"
 
 Where quotas come from, for one user:
 1. `c.GPUQuota.default` applies to everyone.
@@ -15,7 +17,8 @@ Where quotas come from, for one user:
 
 How several quotas combine: a user may start a profile if *any* of their quotas
 allows it. The spawn is charged to an allowing quota with room left (groups before
-the default, then the highest priority, then the most room, then by name),
+the default, then the highest priority, then the most room, then by name;
+a quota whose GPU-hour budget is used up is not charged),
 and queues at that quota's priority; the user's own limit is the largest `max_devices_per_user` among the
 quotas that allow the profile. A group's `max_devices_per_group` counts the devices held by
 all servers charged to that group.
@@ -30,9 +33,18 @@ from typing import Any
 from traitlets import Dict
 from traitlets.config import Configurable
 
+from . import budget
+
 DEFAULT_SOURCE = "(default)"
 PROPERTY = "gpuhub"  # the JupyterHub group property lab admins set quotas under
-KEYS = ("profiles", "max_devices_per_user", "max_devices_per_group", "priority")
+KEYS = (
+    "profiles",
+    "max_devices_per_user",
+    "max_devices_per_group",
+    "priority",
+    "gpu_hours_per_user",
+    "gpu_hours_per_group",
+)
 
 
 class QuotaError(ValueError):
@@ -46,6 +58,14 @@ class Quota:
     max_devices_per_user: int | None = None  # None: no limit
     max_devices_per_group: int | None = None
     priority: int = 0
+    gpu_hours_per_user: budget.Budget | None = None
+    gpu_hours_per_group: budget.Budget | None = None
+
+    @property
+    def budgets(self) -> dict[str, budget.Budget]:
+        """scope ("user"/"group") -> budget, for the budgets this quota sets."""
+        found = {"user": self.gpu_hours_per_user, "group": self.gpu_hours_per_group}
+        return {scope: b for scope, b in found.items() if b is not None}
 
     def allows(self, slug: str) -> bool:
         return self.profiles is None or slug in self.profiles
@@ -86,6 +106,12 @@ def parse(value: Any, source: str) -> dict[str, Any]:
         if not isinstance(p, int) or isinstance(p, bool) or not -1000 <= p <= 1000:
             raise QuotaError(f"quota of {source}: priority must be a whole number from -1000 to 1000")
         out["priority"] = p
+    for key in ("gpu_hours_per_user", "gpu_hours_per_group"):
+        if key in value:
+            try:
+                out[key] = None if value[key] is None else budget.parse(value[key], f"quota of {source}: {key}")
+            except budget.BudgetError as e:
+                raise QuotaError(str(e)) from None
     return out
 
 
@@ -124,8 +150,14 @@ def decide(
     devices: int,
     user_holds: int,
     group_holds: Mapping[str, int],
+    exhausted: Mapping[str, str] | None = None,
 ) -> Decision:
-    """May a user holding `user_holds` devices start profile `slug` needing `devices` more?"""
+    """May a user holding `user_holds` devices start profile `slug` needing `devices` more?
+
+    `exhausted` maps quota sources whose GPU-hour budget is used up to the one-line reason
+    (`budget.Use.refusal`): such a quota is not charged for GPU devices.
+    """
+    exhausted = exhausted or {}
     allowing = [q for q in quotas if q.allows(slug)]
     if not allowing:
         return Decision(False, f"your quota does not include the profile {slug!r}")
@@ -145,13 +177,16 @@ def decide(
             return float("inf")
         return q.max_devices_per_group - group_holds.get(q.source, 0) - devices
 
-    candidates = [q for q in allowing if room(q) >= 0]
+    with_budget = [q for q in allowing if q.source not in exhausted]
+    if not with_budget:
+        return Decision(False, "; ".join(dict.fromkeys(exhausted[q.source] for q in allowing)))
+    candidates = [q for q in with_budget if room(q) >= 0]
     # A group before the default, the highest priority first, then the most room: a researcher
     # uses the researchers' quota while it has room and falls back to the students' only when full.
     groups_first = sorted(candidates, key=lambda q: (q.source == DEFAULT_SOURCE, -q.priority, -room(q), q.source))
     if not groups_first:
         full = ", ".join(
-            f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)" for q in allowing
+            f"{q.source} ({group_holds.get(q.source, 0)} of {q.max_devices_per_group} in use)" for q in with_budget
         )
         return Decision(False, f"group GPU limit reached: {full}")
     # The queue priority is the charged quota's: a researcher charged to the students'
@@ -167,7 +202,8 @@ class GPUQuota(Configurable):
         help="""
         The quota everyone has, e.g. `{"profiles": ["cpu", "mig-small"], "max_devices_per_user": 1}`.
         Empty (the default) allows every profile without limits: set it on shared hosts.
-        Keys: profiles, max_devices_per_user, max_devices_per_group, priority.
+        Keys: profiles, max_devices_per_user, max_devices_per_group, priority,
+        gpu_hours_per_user, gpu_hours_per_group (GPU-hour budgets such as "20/week").
         """,
     ).tag(config=True)
 

@@ -2,7 +2,8 @@
 
 - `user` (JupyterHub's own, every signed-in user; "student" in the docs): their own servers only.
 - `lab-admin`, for the members of GPUHUB_LAB_ADMIN_GROUP: groups and their properties (quotas,
-  courses), every server, the admin page and metrics; not users, tokens or the hub itself.
+  budgets, courses), every server, the admin page, metrics and GPU-hour usage; not users, tokens or
+  the hub itself.
 - `instructor-<course>`, one per course, for its instructors (users and instructor groups):
   read the course's members and their servers, open and start/stop them (to help in class),
   read the course group. Not its membership: a role that can add users to a group it can
@@ -20,6 +21,7 @@ from typing import Any
 from . import courses
 
 LAB_ADMIN = "lab-admin"
+READ_USAGE = "custom:gpuhub:read-usage"  # GET /hub/api/gpuhub/usage (defined in spawner/hub_api.py)
 INSTRUCTOR_PREFIX = "instructor-"
 
 LAB_ADMIN_SCOPES = [
@@ -36,6 +38,7 @@ LAB_ADMIN_SCOPES = [
     "groups",
     "admin:groups",
     "read:metrics",
+    READ_USAGE,
 ]
 
 

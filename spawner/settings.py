@@ -380,6 +380,20 @@ SETTINGS: tuple[Setting, ...] = (
         trait="GPUDockerSpawner.gpu_wait_timeout",
     ),
     Setting(
+        "GPUHUB_TELEMETRY_INTERVAL",
+        "10",
+        _count,
+        "Seconds between GPU telemetry samples (metrics, GPU-idle culling, limits, budgets); 0 turns them off.",
+        trait="GPUDockerSpawner.telemetry_interval",
+    ),
+    Setting(
+        "GPUHUB_CULL_WARNING",
+        "300",
+        _count,
+        "Seconds before a stop for a profile limit or a used-up budget that the user is warned.",
+        trait="GPUDockerSpawner.cull_warning",
+    ),
+    Setting(
         "GPUHUB_LOG_LEVEL",
         "INFO",
         _log_level,

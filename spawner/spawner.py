@@ -11,6 +11,7 @@ import inspect
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timezone
 
 import docker.errors
 from dockerspawner import DockerSpawner
@@ -18,7 +19,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default, validate
 
-from . import admission, container, form, gpu_config, inventory, profiles, quota
+from . import admission, container, culling, form, gpu_config, inventory, operations, profiles, quota
 from .engine import DockerEngine, EngineError
 from .gpu_service import GPUService, ServiceBusy, ServiceConfig, Ticket, owner_key
 from .sizes import parse_size
@@ -254,6 +255,49 @@ class GPUDockerSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    telemetry_interval = Float(
+        10,
+        min=0,
+        help="""
+        Seconds between GPU telemetry samples (NVML, in a thread of its own). Each sample
+        updates the device metrics on /hub/metrics and drives GPU-idle culling, time
+        limits and budget stops. 0 turns telemetry and gpuhub's culling off.
+        """,
+    ).tag(config=True)
+
+    cull_warning = Float(
+        300,
+        min=0,
+        help="""
+        Seconds before gpuhub stops a server for a profile limit (GPU idle, time limit,
+        idle) or a used-up GPU-hour budget that its user is warned, in JupyterLab and on
+        the hub's home page. A start whose budget would not last this long is refused.
+        """,
+    ).tag(config=True)
+
+    usage_db_url = Unicode(
+        "",
+        help="""
+        Database of the GPU-hour usage records (table `gpuhub_usage`): the hub's own
+        `JupyterHub.db_url`, so records follow the hub's database choice. Empty: no
+        records, and GPU-hour budgets cannot be enforced.
+        """,
+    ).tag(config=True)
+
+    hub_api_url = Unicode(
+        "",
+        help="""
+        The hub's REST API as the hub itself reaches it (e.g. http://127.0.0.1:8081/hub/api).
+        gpuhub stops servers for limits and budgets through it, as an admin would, so
+        the hub's own records of the server stay right. Empty: limits only warn.
+        """,
+    ).tag(config=True)
+
+    hub_api_token = Unicode(
+        "",
+        help="Token (of a service with the delete:servers scope) gpuhub stops servers with.",
+    ).tag(config=True)
+
     @default("remove")
     def _default_remove(self):
         # Containers are disposable; the home volume carries the state.
@@ -312,6 +356,7 @@ class GPUDockerSpawner(DockerSpawner):
             devices=self._devices,
             charged_to=plan.charged_to if plan else "",
             lease=(self._ticket.lease_id or "") if self._ticket else "",
+            profile=plan.profile.slug if plan else "",
             binds=plan.courses.binds if plan else {},
         )
 
@@ -399,9 +444,48 @@ class GPUDockerSpawner(DockerSpawner):
                 queue_resume_timeout=self.queue_resume_timeout,
             )
             engine = DockerEngine(self.client_kwargs, threads=self.docker_threads)
-            svc = self._services[self.hub_id] = GPUService(config, engine, self.load_inventory, log=self.log)
+            svc = self._services[self.hub_id] = GPUService(
+                config, engine, self.load_inventory, log=self.log, ops=self._operations
+            )
         await svc.ready()
         return svc
+
+    def _operations(self, svc: GPUService) -> operations.Operations:
+        """Telemetry, usage records, budgets and culling for the hub's GPU service."""
+        from .telemetry import Sampler
+        from .usage import UsageStore
+
+        store = UsageStore(self.usage_db_url, self.hub_id) if self.usage_db_url else None
+        stopper = (
+            operations.hub_api_stopper(self.hub_api_url, self.hub_api_token, self.log)
+            if self.hub_api_url and self.hub_api_token
+            else None
+        )
+        db = self.user.db
+        config = quota.GPUQuota(parent=self)
+
+        def quotas_of_group(user: str) -> dict:
+            # Budgets change at runtime (group properties): read them as they are now.
+            from jupyterhub import orm
+
+            found_user = orm.User.find(db, user)
+            groups = {g.name: g.properties or {} for g in (found_user.groups if found_user else [])}
+            found, _ = quota.quotas_for(
+                config.default, config.groups, {n: p.get(quota.PROPERTY) for n, p in groups.items()}
+            )
+            return {q.source: q for q in found}
+
+        return operations.Operations(
+            devices=svc._devices,
+            leases=svc._leases,
+            sampler=Sampler() if self.telemetry_interval > 0 else None,
+            store=store,
+            stop_server=stopper,
+            quotas=quotas_of_group,
+            interval=self.telemetry_interval,
+            warning=self.cull_warning,
+            log=self.log,
+        )
 
     async def _service_or_503(self) -> GPUService:
         try:
@@ -480,6 +564,13 @@ class GPUDockerSpawner(DockerSpawner):
         # DockerSpawner's own image choice: refused (400) unless the admin set `allowed_images`.
         image = await self.check_allowed(options.pop("image")) if "image" in options else None
 
+        # GPU-hour budgets, from the usage records (in their thread) before the one-step admission.
+        user_quotas, _ = quota.quotas_for(
+            config.default, config.groups, {n: (p or {}).get(quota.PROPERTY) for n, p in groups.items()}
+        )
+        budgeted = [q for q in user_quotas if q.budgets]
+        exhausted = await svc.ops.exhausted(self.user.name, budgeted, 1) if budgeted else {}
+
         def admit(usage: admission.Usage):
             return admission.admit(
                 username=self.user.name,
@@ -493,6 +584,7 @@ class GPUDockerSpawner(DockerSpawner):
                 user_groups=groups,
                 usage=usage,
                 usable=svc.usable,
+                exhausted=exhausted,
             )
 
         ticket = svc.reserve(self.owner, self.user.name, admit)
@@ -509,7 +601,54 @@ class GPUDockerSpawner(DockerSpawner):
             ip, port = await self._start_container(svc, ticket)
             await self._wait_until_answering(ip, port)
             await self._log_course_sync()
+        self._started = {"profile": ticket.plan.profile.slug, "at": time.time(), "charged_to": ticket.plan.charged_to}
+        self._last_stop = None
+        self._watch(svc)
         return ip, port
+
+    # --- limits, culling and what the user is told -------------------------------------------------
+    _started: dict | None = None  # profile, start time and quota of the running server (in the state)
+    _last_stop: dict | None = None  # when and why gpuhub (or the kernel) stopped it last (in the state)
+
+    def _watch(self, svc: GPUService) -> None:
+        """Let the GPU service watch this running server's limits and budget."""
+        started = self._started or {}
+        try:
+            choices = {p.slug: p for p in profiles.parse(self.profile_list, svc.inventory)}
+        except profiles.ProfileError:
+            choices = {}
+        profile = choices.get(started.get("profile", ""))
+        svc.ops.watch(
+            operations.ServerInfo(
+                owner=self.owner,
+                profile=started.get("profile", ""),
+                limits=profile.limits if profile else culling.Limits(),
+                started=float(started.get("at", time.time())),
+                charged_to=started.get("charged_to", ""),
+                devices=tuple(self._devices),
+                last_activity=self._last_activity,
+            )
+        )
+
+    def _last_activity(self) -> float | None:
+        orm_spawner = self.orm_spawner
+        last = orm_spawner.last_activity if orm_spawner is not None else None
+        return last.replace(tzinfo=timezone.utc).timestamp() if last is not None else None
+
+    def _stopped(self, reason: str, message: str) -> None:
+        self._last_stop = {"at": time.time(), "reason": reason, "message": message}
+
+    @property
+    def gpuhub_last_stop(self) -> str:
+        """Why gpuhub stopped this server last (the hub's pages show it while it is stopped)."""
+        return (self._last_stop or {}).get("message", "") if not self.active else ""
+
+    @property
+    def gpuhub_notice(self) -> str:
+        """The stop warning of this running server, if any (the hub's home page shows it)."""
+        svc = self._services.get(self.hub_id)
+        notice = svc.ops.notice(self.owner) if svc is not None and self.active else None
+        return notice.message if notice is not None else ""
 
     async def _start_container(self, svc: GPUService, ticket: Ticket) -> tuple[str, int]:
         """Create and start the container for this plan; the lease is bound the moment it exists."""
@@ -603,8 +742,9 @@ class GPUDockerSpawner(DockerSpawner):
             self.clear_state()
             return
         svc = await self._service_or_503()
+        reason = svc.ops.stop_reason(self.owner)
         try:
-            await svc.stop(self.owner, self.object_id, timeout=1 if now else 10)
+            await svc.stop(self.owner, self.object_id, timeout=1 if now else 10, reason=reason)
         except EngineError as e:
             # The container may still run with its devices: they stay held. A new start of
             # this server removes it first; otherwise orphan removal does, once unclaimed.
@@ -613,6 +753,11 @@ class GPUDockerSpawner(DockerSpawner):
             )
             raise web.HTTPError(503, f"Docker did not stop the server container ({e})") from None
         self.object_id = ""  # removed: nothing to find again (DockerSpawner does the same)
+        notice = svc.ops.unwatch(self.owner)
+        if notice is not None:
+            self._stopped(notice.reason, notice.stopped(time.time()))
+        elif reason == "admin":
+            self._stopped(reason, culling.stopped_message(time.time(), "a lab admin stopped it"))
         self.clear_state()
 
     async def poll(self):
@@ -624,21 +769,37 @@ class GPUDockerSpawner(DockerSpawner):
             # Unknown is not stopped: report it running until the engine answers.
             self.log.warning("gpuhub: %s: cannot ask the engine about its container (%s)", self.owner, e)
             return None
-        return await svc.poll(self.owner, self.object_id)
+        status = await svc.poll(self.owner, self.object_id)
+        if status is None:
+            if self.owner not in svc.ops.watches and self._started:
+                self._watch(svc)  # after a hub restart
+            return None
+        svc.ops.unwatch(self.owner)
+        ended = svc.ended.pop(self.owner, None)
+        if ended is not None and ended[0] != "user":
+            self._stopped(ended[0], culling.stopped_message(ended[1], ended[2]))
+        return status
 
     def get_state(self):
         state = super().get_state()
         if self._devices:
             state["gpu_devices"] = list(self._devices)
+        if self._started:
+            state["gpuhub_started"] = self._started
+        if self._last_stop:
+            state["gpuhub_last_stop"] = self._last_stop  # kept after the stop, for the hub's pages
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self._devices = tuple(state.get("gpu_devices", ()))
+        self._started = state.get("gpuhub_started") or None
+        self._last_stop = state.get("gpuhub_last_stop") or None
 
     def clear_state(self):
         super().clear_state()
         self._devices = ()
+        self._started = None
         self._plan = self._ticket = None  # a later create_object outside a start is a plain CPU one
 
     async def _wait_until_answering(self, ip: str, port: int) -> None:

@@ -110,7 +110,7 @@ def test_root_is_refused(user):
 
 
 def test_labels_let_the_hub_find_its_containers():
-    labels = container.create_kwargs(plan(server_name="big", devices=("GPU-a", "MIG-b")))["labels"]
+    labels = container.create_kwargs(plan(server_name="big", devices=("GPU-a", "MIG-b"), profile="a100"))["labels"]
     assert labels == {
         container.LABEL_HUB: "gpuhub",
         container.LABEL_USER: "alice",
@@ -118,12 +118,14 @@ def test_labels_let_the_hub_find_its_containers():
         container.LABEL_DEVICES: "GPU-a,MIG-b",
         container.LABEL_QUOTA: "",
         container.LABEL_LEASE: "",
+        container.LABEL_PROFILE: "a100",
     }
     # The names other hubs and older releases read: changing one orphans running containers.
     assert sorted(labels) == [
         "gpuhub.devices",
         "gpuhub.hub",
         "gpuhub.lease",
+        "gpuhub.profile",
         "gpuhub.quota",
         "gpuhub.server",
         "gpuhub.user",

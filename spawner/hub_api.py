@@ -1,0 +1,132 @@
+"""gpuhub's endpoints in the hub's REST API (`/hub/api/gpuhub/...`), as JupyterHub extra handlers.
+
+- `GET  /hub/api/gpuhub/notice?server=NAME` - the stop warning of one of the caller's own servers
+  (JupyterLab's banner asks through the notebook server's token).
+- `GET  /hub/api/gpuhub/usage?since=&until=&by=&user=&group=&profile=&device=` - GPU-hours from the
+  usage records; needs the `custom:gpuhub:read-usage` scope (lab admins have it).
+- `DELETE /hub/api/gpuhub/servers/USER[/SERVER]` - stop a server as a lab admin (needs
+  `delete:servers` on it); its usage record ends with the reason "admin".
+
+Errors are one line of JSON (`{"status": 400, "message": "..."}`), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.scopes import needs_scope
+from tornado import web
+
+from . import usage
+from .roles import READ_USAGE
+
+CUSTOM_SCOPES = {
+    READ_USAGE: {
+        "description": "Read the GPU-hour usage records of every user (lab admins).",
+    },
+}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+async def _service(handler: APIHandler):
+    """The hub's GPU service. Built through a spawner (they hold its settings) if no server has yet:
+    the caller's own, or any user's when a service calls."""
+    from jupyterhub import orm
+
+    from .spawner import GPUDockerSpawner
+
+    for svc in GPUDockerSpawner._services.values():
+        if svc.ledger is not None:
+            return svc
+    user = handler.current_user
+    if getattr(user, "kind", None) != "user":
+        first = handler.db.query(orm.User).first()
+        user = handler.users[first] if first is not None else None
+    spawner = user.spawner if user is not None else None
+    if not isinstance(spawner, GPUDockerSpawner):
+        raise web.HTTPError(503, "the GPU service has not started yet")
+    return await spawner._service_or_503()
+
+
+class NoticeHandler(APIHandler):
+    async def get(self):
+        user = self.current_user
+        if user is None or getattr(user, "kind", "user") != "user":
+            raise web.HTTPError(403, "a user's own token is needed")
+        server = self.get_argument("server", "")
+        if server and server not in user.spawners:
+            raise web.HTTPError(404, f"{user.name} has no server named {server!r}")
+        svc = await _service(self)
+        notice = svc.ops.notice(f"{user.name}/{server}")
+        if notice is None:
+            self.write({"notice": None})
+            return
+        self.write(
+            {
+                "notice": {
+                    "reason": notice.reason,
+                    "message": notice.message,
+                    "stop_at": _iso(notice.stop_at),
+                    "seconds_left": max(0, round(notice.stop_at - time.time())),
+                }
+            }
+        )
+
+
+class UsageHandler(APIHandler):
+    async def get(self):
+        if self.current_user is None:
+            raise web.HTTPError(403, "Missing or invalid credentials.")
+        if READ_USAGE not in self.expanded_scopes:
+            raise web.HTTPError(403, f"reading GPU usage needs the {READ_USAGE} scope (lab admins have it)")
+        args = {k: self.get_argument(k, None) for k in ("since", "until", "by", "user", "group", "profile", "device")}
+        try:
+            since, until = usage.parse_period(args["since"], args["until"], time.time())
+            by = args["by"] or "user"
+            filters = {"user": args["user"], "charged_to": args["group"], "profile": args["profile"]}
+            filters["device"] = args["device"]
+            svc = await _service(self)
+            rows = await svc.ops.query(svc.ops.store.usage if svc.ops.store else None, since, until, by, **filters)
+        except usage.UsageError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.write(
+            {
+                "since": _iso(since),
+                "until": _iso(until),
+                "by": by,
+                "unit": "device-hours (one hour of one GPU or one MIG slice)",
+                "rows": rows,
+            }
+        )
+
+
+class StopHandler(APIHandler):
+    @needs_scope("delete:servers")
+    async def delete(self, user_name: str, server_name: str = ""):
+        user = self.find_user(user_name)
+        if user is None or server_name not in user.spawners or not user.spawners[server_name].active:
+            raise web.HTTPError(404, f"{user_name} has no running server {server_name!r}")
+        spawner = user.spawners[server_name]
+        if spawner.pending:
+            raise web.HTTPError(409, f"the server is {spawner.pending}; try again when that is done")
+        svc = await _service(self)
+        caller = self.current_user
+        own = getattr(caller, "kind", None) == "user" and caller.name == user_name
+        svc.ops.ask_stop(f"{user_name}/{server_name}", "user" if own else "admin")
+        await self.stop_single_user(user, server_name)
+        self.set_status(204)
+
+
+def handlers() -> list[tuple[str, type]]:
+    """For `c.JupyterHub.extra_handlers` (JupyterHub puts them under /hub/)."""
+    return [
+        (r"/api/gpuhub/notice", NoticeHandler),
+        (r"/api/gpuhub/usage", UsageHandler),
+        (r"/api/gpuhub/servers/([^/]+)/?", StopHandler),
+        (r"/api/gpuhub/servers/([^/]+)/([^/]+)", StopHandler),
+    ]
