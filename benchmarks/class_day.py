@@ -135,7 +135,9 @@ def parse_line(text: str, line: int = 0, source: str = "") -> Session:
             raise ValueError(f"stop {clock(stop)} is before arrive {clock(arrive)}")
         late = [j for j in jobs if j.end > stop]
         if late:
-            raise ValueError(f"the job at {clock(late[0].start)} ends at {clock(late[0].end)}, after stop {clock(stop)}")
+            raise ValueError(
+                f"the job at {clock(late[0].start)} ends at {clock(late[0].end)}, after stop {clock(stop)}"
+            )
     tab = data.get("tab", "open")
     closed = None
     if tab != "open":
@@ -527,6 +529,8 @@ class Day:
         if epoch != st.epoch:
             return
         st.epoch += 1  # the session is over: its later events are void
+        st.tab_open = False  # and the student has left
+        st.tab_closed_at = now
         self._drop_due(st)
         st.remaining = 0
         if st.state == "running":
@@ -583,6 +587,7 @@ class Day:
             self.result.refusals[f"{outcome.status} {outcome.message}"] += 1
             self.result.asks.append((why, 0.0, "refused"))
             self._log(now, st, f"refused: {outcome.message}")
+            st.culled = False
             self._drop_due(st)
             return
         st.asked_at, st.why = now, why
@@ -606,6 +611,7 @@ class Day:
         self.result.asks.append((st.why, now - st.asked_at, "refused"))
         self._log(now, st, "refused: no GPU became free")
         st.state = "none"
+        st.culled = False  # the next start is a retry
         self._drop_due(st)
         self._wake(self.ledger.cancel(st.owner), now)
 
@@ -614,6 +620,7 @@ class Day:
         self.result.asks.append((st.why, now - st.asked_at, "left"))
         self._log(now, st, f"leaves the queue: {why}")
         st.state = "none"
+        st.culled = False
         self._wake(self.ledger.cancel(st.owner), now)
 
     def _wake(self, grants: list[Lease], now: float) -> None:
@@ -766,9 +773,17 @@ def pct(values: Sequence[float], q: float) -> float:
 def summary(r: Result) -> dict:
     waits = [w.seconds for w in r.waits]
     everyone = [seconds for _, seconds, _ in r.asks]  # a refused or abandoned start counts its time in the queue
-    by_why: dict[str, list[float]] = {}
-    for w in r.waits:
-        by_why.setdefault(w.why, []).append(w.seconds)
+    by_why: dict[str, dict] = {}
+    for why, seconds, outcome in r.asks:
+        row = by_why.setdefault(why, {"asked": 0, "granted": 0, "refused": 0, "left": 0, "waits": []})
+        row["asked"] += 1
+        row[outcome] += 1
+        if outcome == "granted":
+            row["waits"].append(seconds)
+    for row in by_why.values():
+        v = row.pop("waits")
+        row["wait_median_s"] = round(statistics.median(v), 1) if v else None
+        row["wait_p95_s"] = round(pct(v, 0.95), 1) if v else None
     allocated = r.allocated
     return {
         "policy": r.policy.name,
@@ -788,10 +803,7 @@ def summary(r: Result) -> dict:
         "starts": len(r.asks),
         "time_to_gpu_median_s": round(statistics.median(everyone), 1) if everyone else 0.0,
         "time_to_gpu_p95_s": round(pct(everyone, 0.95), 1),
-        "waits_by_why": {
-            why: {"n": len(v), "median_s": round(statistics.median(v), 1), "p95_s": round(pct(v, 0.95), 1)}
-            for why, v in sorted(by_why.items())
-        },
+        "starts_by_why": dict(sorted(by_why.items())),
         "refusals": dict(r.refusals),
         "left_queue": dict(r.left_queue),
         "still_waiting_at_end": r.still_waiting,
@@ -832,7 +844,7 @@ def report(trace: dict, rows: list[dict]) -> str:
     names = [row["policy"] for row in rows]
     table = [
         ("allocated device-hours", [f"{r['allocated_device_hours']:.1f}" for r in rows]),
-        ("  busy (activity >= 5 %)", [f"{r['busy_device_hours']:.1f}" for r in rows]),
+        (f"  busy (activity >= {trace['threshold']:g} %)", [f"{r['busy_device_hours']:.1f}" for r in rows]),
         ("  idle", [f"{r['idle_device_hours']:.1f}" for r in rows]),
         ("idle share of allocated", [f"{r['idle_share']:.1%}" for r in rows]),
     ]
@@ -845,18 +857,21 @@ def report(trace: dict, rows: list[dict]) -> str:
         ("queue wait of grants: p95", [_min(r["wait_p95_s"]) for r in rows]),
         ("queue wait of grants: max", [_min(r["wait_max_s"]) for r in rows]),
     ]
-    whys = sorted({why for r in rows for why in r["waits_by_why"]})
-    for why in whys:
-        cells = []
-        for r in rows:
-            w = r["waits_by_why"].get(why)
-            cells.append(f"{w['n']}: med {w['median_s']:.0f} s, p95 {w['p95_s']:.0f} s" if w else "-")
-        table.append((f"  {why}", cells))
     table += [
         ("starts asked (grants, refusals, left)", [str(r["starts"]) for r in rows]),
         ("  time in queue, all starts: median", [_min(r["time_to_gpu_median_s"]) for r in rows]),
         ("  time in queue, all starts: p95", [_min(r["time_to_gpu_p95_s"]) for r in rows]),
     ]
+    for why in sorted({why for r in rows for why in r["starts_by_why"]}):
+        cells = []
+        for r in rows:
+            w = r["starts_by_why"].get(why)
+            if not w:
+                cells.append("-")
+                continue
+            wait = f", {w['wait_median_s']:.0f}/{w['wait_p95_s']:.0f} s" if w["granted"] else ""
+            cells.append(f"{w['granted']}/{w['asked']}{wait}")
+        table.append((f"  {why}: granted/asked, wait med/p95", cells))
     table.append(("refusals", [str(sum(r["refusals"].values())) for r in rows]))
     for msg in sorted({m for r in rows for m in r["refusals"]}):
         table.append((f"  {msg[:60]}", [str(r["refusals"].get(msg, 0)) for r in rows]))
@@ -876,17 +891,18 @@ def report(trace: dict, rows: list[dict]) -> str:
     ]
     width = max(len(label) for label, _ in table)
     cols = [max(len(n), *(len(c[i]) for _, c in table)) for i, n in enumerate(names)]
-    out.append(f"{'':{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols)))
+    out.append(f"{'':{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols, strict=True)))
     for label, cells in table:
-        out.append(f"{label:{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
+        out.append(f"{label:{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols, strict=True)))
     out.append("")
     for r in rows:
         idle_ok = r["idle_share"] <= 0.10
         wait_ok = r["wait_median_s"] <= 120
         out.append(
             f"{r['policy']:9} goals at {trace['peak_demand_over_supply']:.2f}x supply: idle share <= 10 %"
-            f" {'met' if idle_ok else 'NOT met'} ({r['idle_share']:.1%}), median wait <= 2 min"
-            f" {'met' if wait_ok else 'NOT met'} ({r['wait_median_s'] / 60:.1f} min)"
+            f" {'met' if idle_ok else 'NOT met'} ({r['idle_share']:.1%}); median wait <= 2 min"
+            f" {'met' if wait_ok else 'NOT met'} ({r['wait_median_s'] / 60:.1f} min over {r['grants']} grants,"
+            f" with {sum(r['refusals'].values())} refusals)"
         )
     return "\n".join(out)
 
@@ -905,9 +921,10 @@ _END_WORDS = {
 }
 
 
-def describe(sessions: Sequence[Session], source: str, devices: int, until: float) -> dict:
+def describe(sessions: Sequence[Session], source: str, devices: int, until: float, threshold: float) -> dict:
     peak, at = peak_demand(sessions)
     return {
+        "threshold": threshold,
         "trace": source,
         "sessions": len(sessions),
         "students": len({s.student for s in sessions}),
@@ -922,11 +939,22 @@ def describe(sessions: Sequence[Session], source: str, devices: int, until: floa
     }
 
 
-def _duration(value: str) -> float:
+def _shown(path: str) -> str:
+    """A path as the report shows it: relative to the working directory where it lies below it."""
     try:
-        return budget.duration(value, "the duration")
-    except budget.BudgetError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _duration(option: str):
+    def parse(value: str) -> float:
+        try:
+            return budget.duration(value, option)
+        except budget.BudgetError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _time(value: str) -> float:
@@ -940,11 +968,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", default=str(DEFAULT_TRACE), help="a JSON Lines trace (docs/class-day.md)")
     parser.add_argument("--devices", type=int, default=14, help="whole GPUs on the host")
-    parser.add_argument("--gpu-idle-timeout", type=_duration, default=900.0, help="gpuhub policy (default 15m)")
+    parser.add_argument(
+        "--gpu-idle-timeout", type=_duration("--gpu-idle-timeout"), default=900.0, help="gpuhub policy (default 15m)"
+    )
     parser.add_argument("--gpu-idle-threshold", type=float, default=5.0, help="percent activity (default 5)")
-    parser.add_argument("--warning", type=_duration, default=300.0, help="notice before a stop (default 5m)")
-    parser.add_argument("--hub-idle-timeout", type=_duration, default=3600.0, help="hub-wide culler (default 1h)")
-    parser.add_argument("--wait-timeout", type=_duration, default=600.0, help="gpu_wait_timeout (default 600 s)")
+    parser.add_argument(
+        "--warning", type=_duration("--warning"), default=300.0, help="notice before a stop (default 5m)"
+    )
+    parser.add_argument(
+        "--hub-idle-timeout", type=_duration("--hub-idle-timeout"), default=3600.0, help="hub-wide culler (default 1h)"
+    )
+    parser.add_argument(
+        "--wait-timeout", type=_duration("--wait-timeout"), default=600.0, help="gpu_wait_timeout (default 600 s)"
+    )
     parser.add_argument("--until", type=_time, help="end of the day (default: the last time the trace names)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     parser.add_argument("--log", metavar="STUDENT", help="also print one student's events under each policy")
@@ -974,7 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TraceError, profiles.ProfileError) as e:
         print(f"class_day: {e}", file=sys.stderr)
         return 2
-    trace = describe(sessions, args.trace, args.devices, results[0].until)
+    trace = describe(sessions, _shown(args.trace), args.devices, results[0].until, args.gpu_idle_threshold)
     rows = [summary(r) for r in results]
     if args.json:
         print(json.dumps({"trace": trace, "policies": rows}, indent=2))

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.hub import SHARED_PASSWORD, user_container
+from harness.hub import SHARED_PASSWORD, TEST_HUB_ID, user_container
 from spawner import roles
+from spawner.container import LABEL_DEVICES, LABEL_HUB, LABEL_SERVER, LABEL_USER
 
 from .browser import sign_in_with_password, wait_for_lab
 
@@ -124,9 +125,16 @@ def notice(hub, token, server=""):
     return r.json()["notice"]
 
 
+def server_container(docker_client, name, server=""):
+    """The running container of one of the user's servers, from Docker's own state; None if none."""
+    found = docker_client.containers.list(
+        filters={"label": [f"{LABEL_HUB}={TEST_HUB_ID}", f"{LABEL_USER}={name}", f"{LABEL_SERVER}={server}"]}
+    )
+    return found[0] if found else None
+
+
 def device_of(docker_client, name) -> str:
-    c = user_container(docker_client, name)
-    return c.labels["gpuhub.devices"]
+    return server_container(docker_client, name).labels[LABEL_DEVICES]
 
 
 def wait_until(what, check, timeout, every=0.5):
@@ -161,7 +169,7 @@ def test_an_idle_gpu_is_warned_in_jupyterlab_then_stopped_and_the_hub_page_says_
     assert hub.start_server(username, "cpu", options={"profile": "cpu"}).status_code in (201, 202)
     hub.wait_ready(username, "cpu")
     gpu = device_of(docker_client, username)
-    c = user_container(docker_client, username)
+    c = server_container(docker_client, username)
     assert c.exec_run(["sh", "-c", "echo kept > ~/work.txt"]).exit_code == 0
     token = user_token(hub, username)
 
@@ -186,11 +194,11 @@ def test_an_idle_gpu_is_warned_in_jupyterlab_then_stopped_and_the_hub_page_says_
     banner.wait_for(state="visible", timeout=WARNING * 1000)
     assert "idle" in banner.inner_text()
 
-    wait_until("the GPU server to stop", lambda: user_container(docker_client, username) is None, IDLE_TIMEOUT + 30)
+    wait_until("the GPU server to stop", lambda: server_container(docker_client, username) is None, IDLE_TIMEOUT + 30)
     assert time.monotonic() - idle_from >= IDLE_TIMEOUT - 2
     assert "" not in hub.user_model(username)["servers"]
     # The CPU server is untouched.
-    assert hub.user_model(username)["servers"]["cpu"]["ready"]
+    assert hub.user_model(username)["servers"]["cpu"]["ready"] and server_container(docker_client, username, "cpu")
 
     browser_page.goto(f"{hub.url}/hub/home")
     message = browser_page.locator(".gpuhub-server-message").first
@@ -216,7 +224,7 @@ def test_a_gpu_hour_budget_stops_a_running_server_and_refuses_the_next_start(ops
     assert r.status_code in (201, 202), r.text
     hub.wait_ready(username)
     warned = wait_until("the budget warning", lambda: notice(hub, token), 60)
-    assert warned["reason"] == "budget" and "your GPU-hour budget" in warned["message"], warned
+    assert warned["reason"] == "budget" and "Your GPU-hour budget" in warned["message"], warned
     wait_until("the server to stop", lambda: user_container(docker_client, username) is None, 90)
     rows = {row["key"]: row for row in usage(hub, by="reason", user=username)}
     assert "budget" in rows, rows
