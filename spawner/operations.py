@@ -196,9 +196,9 @@ class Operations:
         return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
 
     # --- budgets ---------------------------------------------------------------------------------------
-    async def budget_uses(self, username: str, quotas: Iterable) -> list[budget.Use]:
+    async def budget_uses(self, username: str, quotas: Iterable, now: float | None = None) -> list[budget.Use]:
         """How much of every budget of these quotas is used now (this user's share, and the group's)."""
-        now = self.clock()
+        now = self.clock() if now is None else now
         uses = []
         for q in quotas:
             for scope, b in q.budgets.items():
@@ -219,8 +219,9 @@ class Operations:
                 found[use.source] = use.refusal()
         return found
 
-    async def _budget_ends(self) -> dict[str, culling.BudgetEnd]:
-        """owner -> when the budget its devices are charged to runs out at the current burn rate."""
+    async def _budget_ends(self, now: float) -> dict[str, culling.BudgetEnd]:
+        """owner -> when the budget its devices are charged to runs out at the current burn rate
+        (from `now`, the sample's time: a used-up budget ends at `now`, which the policy stops at)."""
         if self.store is None or self.quotas is None:
             return {}
         leases = [lease for lease in self.leases() if lease.container is not None]
@@ -232,7 +233,6 @@ class Operations:
             key = (lease.owner.partition("/")[0], lease.charged_to)
             by_user[key] = by_user.get(key, 0) + len(lease.devices)
         cache: dict[tuple, list[budget.Use]] = {}
-        now = self.clock()
         for lease in leases:
             user = lease.owner.partition("/")[0]
             quota = self.quotas(user).get(lease.charged_to)
@@ -240,7 +240,7 @@ class Operations:
                 continue
             key = (user, lease.charged_to)
             if key not in cache:
-                cache[key] = await self.budget_uses(user, [quota])
+                cache[key] = await self.budget_uses(user, [quota], now)
             for use in cache[key]:
                 burn = by_user[key] if use.scope == "user" else by_group[lease.charged_to]
                 at = now + max(use.left, 0) * 3600 / burn
@@ -295,7 +295,7 @@ class Operations:
         live = [lease for lease in self.leases() if lease.container is not None]
         if self.store is not None and live:
             self._write(self.store.seen, [lease.id for lease in live], now)
-        budget_ends = await self._budget_ends() if self.watches else {}
+        budget_ends = await self._budget_ends(now) if self.watches else {}
         for owner, watch in list(self.watches.items()):
             info = self.servers.get(owner)
             culling.observe(watch, activity, now)
