@@ -53,6 +53,27 @@ class Refusal:
     message: str
 
 
+def devices_wanted(
+    *,
+    username: str,
+    user_options: Mapping[str, Any],
+    profile_list: Sequence[profiles.Profile],
+    user_groups: Mapping[str, Mapping[str, Any] | None],
+    home_path: str,
+) -> int:
+    """How many devices the profile `admit` will choose asks for (0 when the choice is refused there):
+    what a GPU-hour budget must pay for, asked before the one-step admission."""
+    slug = user_options.get("profile")
+    if slug is not None and not isinstance(slug, str):
+        return 0
+    groups = {name: props or {} for name, props in user_groups.items()}
+    course_plan = courses.plan(username, groups, home_path=home_path)
+    try:
+        return profiles.choose(profile_list, slug or course_plan.profile).device_count
+    except profiles.ProfileError:
+        return 0
+
+
 def admit(
     *,
     username: str,

@@ -89,6 +89,7 @@ class Ledger:
         self._queue: list[_Entry] = []  # kept sorted
         self._waiting: dict[str, _Entry] = {}  # owner -> entry
         self._arrival = itertools.count()
+        self._granted_aside: list[Lease] = []
 
     # --- questions ---------------------------------------------------------------------------
     @property
@@ -176,10 +177,18 @@ class Ledger:
         entry = _Entry((-priority, arrival), waiter)
         bisect.insort(self._queue, entry)
         self._waiting[owner] = entry
+        mine = None
         for lease in self.dispatch():
             if lease.owner == owner:
-                return lease
-        return None
+                mine = lease
+            else:  # devices freed without a dispatch (a lifted quarantine): others go first
+                self._granted_aside.append(lease)
+        return mine
+
+    def granted_aside(self) -> list[Lease]:
+        """Leases `request()` granted to other waiters on the way; their waiters must be told, once."""
+        found, self._granted_aside = self._granted_aside, []
+        return found
 
     def bind(self, lease_id: str, container: str) -> Lease:
         """The lease's container exists: from now on only its end frees the devices."""

@@ -12,6 +12,7 @@ Durations in profiles are written "30m", "2h", "90s" or a number of seconds.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -45,7 +46,7 @@ def parse(value: Any, where: str) -> Budget:
         hours, period = float(m.group(1)), m.group(2)
     else:
         raise BudgetError(f"{where} must be GPU-hours per period such as '20/week', got {value!r}")
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0:
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
         raise BudgetError(f"{where}: hours must be a number >= 0, got {hours!r}")
     if period not in PERIODS:
         raise BudgetError(f"{where}: period must be one of {', '.join(PERIODS)}, got {period!r}")
@@ -63,6 +64,8 @@ def duration(value: Any, where: str) -> float:
         seconds = float(m.group(1)) * _SECONDS[m.group(2)]
     else:
         raise BudgetError(f"{where} must be a duration such as 30m or 2h, got {value!r}")
+    if not math.isfinite(seconds):
+        raise BudgetError(f"{where} must be a finite duration such as 30m or 2h, got {value!r}")
     if seconds <= 0:
         raise BudgetError(f"{where} must be longer than 0, got {value!r}")
     return seconds

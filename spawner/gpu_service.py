@@ -241,6 +241,8 @@ class GPUService:
                 granted = ledger.request(owner, outcome.request, outcome.priority, outcome.charged_to)
             except AllocationError as e:
                 return Refusal(400, str(e))
+            finally:
+                self._wake(ledger.granted_aside())
             if granted is not None:
                 ticket.lease_id = granted.id
             else:
@@ -674,6 +676,7 @@ class GPUService:
                 continue
             self._restored[owner] = _Restored(until)
             restored += 1
+        self._wake(self.ledger.granted_aside())
         if restored:
             self._queue_changed()
             self.log.info(

@@ -204,7 +204,12 @@ class Operations:
             for scope, b in q.budgets.items():
                 start, refill = budget.window(b.period, now)
                 who = {"user": username} if scope == "user" else {}
-                used = await self.query(self.store.used_hours, start, now, charged_to=q.source, **who)
+                # At the window's first instant nothing can have been used (and the store refuses an empty period).
+                used = (
+                    0.0
+                    if now <= start
+                    else await self.query(self.store.used_hours, start, now, charged_to=q.source, **who)
+                )
                 uses.append(budget.Use(q.source, scope, b, used, refill))
         return uses
 
@@ -244,6 +249,8 @@ class Operations:
             for use in cache[key]:
                 burn = by_user[key] if use.scope == "user" else by_group[lease.charged_to]
                 at = now + max(use.left, 0) * 3600 / burn
+                if at >= use.refill:  # the window refills before the budget runs out
+                    continue
                 text = (
                     f"your GPU-hour budget ({use.budget})"
                     if use.scope == "user"

@@ -569,7 +569,16 @@ class GPUDockerSpawner(DockerSpawner):
             config.default, config.groups, {n: (p or {}).get(quota.PROPERTY) for n, p in groups.items()}
         )
         budgeted = [q for q in user_quotas if q.budgets]
-        exhausted = await svc.ops.exhausted(self.user.name, budgeted, 1) if budgeted else {}
+        exhausted = {}
+        if budgeted:
+            wanted = admission.devices_wanted(
+                username=self.user.name,
+                user_options=options,
+                profile_list=choices,
+                user_groups=groups,
+                home_path=self.home_path,
+            )
+            exhausted = await svc.ops.exhausted(self.user.name, budgeted, wanted)
 
         def admit(usage: admission.Usage):
             return admission.admit(
@@ -615,7 +624,8 @@ class GPUDockerSpawner(DockerSpawner):
         started = self._started or {}
         try:
             choices = {p.slug: p for p in profiles.parse(self.profile_list, svc.inventory)}
-        except profiles.ProfileError:
+        except profiles.ProfileError as e:  # the hub checked them at start; a config reload broke them
+            self.log.error("gpuhub: %s: profile limits not applied: %s", self.owner, e)
             choices = {}
         profile = choices.get(started.get("profile", ""))
         svc.ops.watch(

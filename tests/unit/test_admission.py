@@ -100,3 +100,21 @@ def test_the_form_offers_only_allowed_profiles_the_host_can_serve():
         PROFILES, {"profiles": ["cpu"]}, {"students": STUDENTS}, {"students": {}}, lambda r: 0 if r.mig_profile else 4
     )
     assert [p.slug for p in offered] == ["cpu", "gpu"]
+
+
+@pytest.mark.parametrize(
+    "options, groups, wanted",
+    [
+        ({"profile": "gpu2"}, {"students": {}}, 2),  # what the budget must pay for, before the quota's say
+        ({"profile": "cpu"}, {"students": {}}, 0),
+        ({}, {"students": {}}, 0),  # the default profile
+        ({}, {"course-ml101": {courses.PROPERTY: {"source": {"git": "https://x/ml.git"}, "profile": "gpu"}}}, 1),
+        ({"profile": "gpu99"}, {}, 0),  # refused by admit, with its reason
+        ({"profile": ["gpu"]}, {}, 0),
+    ],
+)
+def test_devices_wanted_follows_the_profile_admit_chooses(options, groups, wanted):
+    got = admission.devices_wanted(
+        username="ann", user_options=options, profile_list=PROFILES, user_groups=groups, home_path="/home/student"
+    )
+    assert got == wanted

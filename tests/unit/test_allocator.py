@@ -339,3 +339,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
 LedgerMachine.TestCase.settings = hsettings(max_examples=300, stateful_step_count=40, deadline=None)
 test_ledger_state_machine = LedgerMachine.TestCase
+
+
+def test_grants_a_request_makes_for_other_waiters_are_handed_over_not_lost():
+    led = Ledger(GPUS[:2])
+    led.block("health:GPU-0", ["GPU-0"], "lost")
+    assert led.request("carol/", ONE_GPU) is not None  # takes GPU-1
+    assert led.request("alice/", ONE_GPU) is None  # waits: GPU-0 is quarantined
+    led.lift_quietly("health:GPU-0")  # frees it without a dispatch
+    assert led.request("bob/", ONE_GPU) is None  # bob queues behind alice ...
+    (aside,) = led.granted_aside()  # ... and his request granted alice's lease on the way
+    assert aside.owner == "alice/" and aside.devices == ("GPU-0",)
+    assert led.granted_aside() == []  # told once

@@ -83,3 +83,58 @@ def test_a_profile_the_host_cannot_serve_is_disabled_with_a_line_and_the_hub_sta
     assert loaded["disabled"] == [
         "profile 'x' asks for 2 x GPU but this host has 1 such device(s): disabled until it can"
     ]
+
+
+# Limits and budgets
+
+
+def test_limits_and_budgets_in_a_good_file_are_accepted(tmp_path):
+    data = {
+        **GOOD,
+        "profiles": [
+            {**GOOD["profiles"][0], "idle_timeout": "20m"},
+            {**GOOD["profiles"][1], "gpu_idle_timeout": "30m", "gpu_idle_threshold": 5, "max_runtime": "8h"},
+        ],
+        "quota": {
+            "default": {"gpu_hours_per_user": "20/week"},
+            "groups": {"students": {"gpu_hours_per_group": "500/month"}},
+        },
+    }
+    loaded = gpu_config.load(write(tmp_path, data), hub_idle_timeout=3600)
+    assert loaded["profiles"] == data["profiles"] and loaded["default"] == {"gpu_hours_per_user": "20/week"}
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (
+            {**GOOD, "profiles": [{"slug": "cpu", "display_name": "CPU", "gpu_idle_timeout": "30m"}]},
+            "profile 'cpu': gpu_idle_timeout and gpu_idle_threshold need a gpu in the profile",
+        ),
+        (
+            {**GOOD, "profiles": [{"slug": "cpu", "display_name": "CPU", "max_runtime": "a while"}]},
+            "profile 'cpu': max_runtime must be a duration such as 30m or 2h",
+        ),
+        (
+            {**GOOD, "profiles": [GOOD["profiles"][0], {**GOOD["profiles"][1], "gpu_idle_threshold": 150}]},
+            "profile 'mig': gpu_idle_threshold must be a percentage",
+        ),
+        (
+            {**GOOD, "profiles": [{"slug": "cpu", "display_name": "CPU", "idle_timeout": "2h"}]},
+            "must be shorter than the hub-wide GPUHUB_IDLE_TIMEOUT (3600 s)",
+        ),
+        (
+            {**GOOD, "quota": {"default": {"gpu_hours_per_user": "20/fortnight"}}},
+            "quota of quota.default: gpu_hours_per_user: period must be one of day, week, month",
+        ),
+        (
+            {**GOOD, "quota": {"groups": {"students": {"gpu_hours_per_group": "lots"}}}},
+            "quota of group 'students': gpu_hours_per_group must be GPU-hours per period",
+        ),
+    ],
+)
+def test_a_bad_limit_or_budget_stops_the_hub_with_one_line_naming_the_file(tmp_path, data, words):
+    path = write(tmp_path, data)
+    with pytest.raises(GPUConfigError) as e:
+        gpu_config.load(path, hub_idle_timeout=3600)
+    assert str(e.value).startswith(f"{path}: ") and words in str(e.value) and "\n" not in str(e.value)

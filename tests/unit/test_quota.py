@@ -1,6 +1,6 @@
 import pytest
 
-from spawner import quota
+from spawner import budget, quota
 from spawner.quota import DEFAULT_SOURCE, QuotaError
 
 CONFIG_GROUPS = {
@@ -81,3 +81,97 @@ def test_malformed_config_raises():
 def test_an_empty_default_allows_everything_without_limits():
     qs = quotas({}, default={})
     assert quota.decide(qs, "anything", 8, 100, {}).allowed
+
+
+# GPU-hour budgets
+
+BUDGETED_GROUPS = {
+    "students": {"profiles": ["cpu", "mig"], "gpu_hours_per_user": "20/week"},
+    "researchers": {"profiles": "*", "priority": 10, "gpu_hours_per_group": "500/month"},
+}
+STUDENTS_USED_UP = (
+    "your GPU-hour budget is used up: 20.00 of 20 GPU-hours this week; it refills Mon 2026-11-30 00:00 UTC"
+)
+RESEARCHERS_USED_UP = (
+    "group researchers's GPU-hour budget is used up: 500.00 of 500 GPU-hours this month;"
+    " it refills Tue 2026-12-01 00:00 UTC"
+)
+
+
+def budgeted(groups=("students", "researchers")):
+    found, problems = quota.quotas_for(DEFAULT, BUDGETED_GROUPS, {g: None for g in groups})
+    assert problems == []
+    return found
+
+
+def test_budgets_parse_in_config_quotas_and_runtime_group_properties():
+    found, problems = quota.quotas_for(
+        {"gpu_hours_per_user": "2/day"},
+        BUDGETED_GROUPS,
+        {
+            "students": {"gpu_hours_per_user": {"hours": 30, "period": "week"}},
+            "researchers": None,
+            "course-ml101": {"profiles": ["mig"], "gpu_hours_per_group": "0.5/day"},
+            "staff": {"gpu_hours_per_user": None},
+        },
+    )
+    assert problems == []
+    by_source = {q.source: q for q in found}
+    assert by_source[DEFAULT_SOURCE].budgets == {"user": budget.Budget(2, "day")}
+    assert by_source["students"].budgets == {"user": budget.Budget(30, "week")}  # the property overrides config
+    assert by_source["researchers"].budgets == {"group": budget.Budget(500, "month")}
+    assert by_source["course-ml101"].budgets == {"group": budget.Budget(0.5, "day")}
+    assert by_source["staff"].budgets == {}
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("lots", "gpu_hours_per_user must be GPU-hours per period such as '20/week', got 'lots'"),
+        ("20/fortnight", "gpu_hours_per_user: period must be one of day, week, month"),
+        ({"hours": -5, "period": "week"}, "gpu_hours_per_user: hours must be a number >= 0"),
+        (20, "gpu_hours_per_user must be GPU-hours per period"),
+    ],
+)
+def test_a_malformed_budget_in_a_group_property_grants_nothing_and_says_why_in_one_line(value, words):
+    found, problems = quota.quotas_for(DEFAULT, BUDGETED_GROUPS, {"students": {"gpu_hours_per_user": value}})
+    assert [q.source for q in found] == [DEFAULT_SOURCE]
+    assert len(problems) == 1 and "\n" not in problems[0]
+    assert problems[0].startswith("quota of group 'students' (property 'gpuhub')") and words in problems[0]
+
+
+def test_a_malformed_budget_in_config_raises_a_quota_error_in_one_line():
+    with pytest.raises(QuotaError) as e:
+        quota.quotas_for({"gpu_hours_per_group": "500/year"}, {}, {})
+    assert str(e.value) == (
+        "quota of c.GPUQuota.default: gpu_hours_per_group: period must be one of day, week, month, got 'year'"
+    )
+
+
+def test_a_quota_whose_budget_is_used_up_is_skipped_and_another_allowing_quota_is_charged():
+    qs = budgeted()
+    assert quota.decide(qs, "mig", 1, 0, {}).charged_to == "researchers"  # a group with priority goes first
+    d = quota.decide(qs, "mig", 1, 0, {}, exhausted={"researchers": RESEARCHERS_USED_UP})
+    assert d == quota.Decision(True, charged_to="students", priority=0)
+
+
+def test_a_used_up_quota_that_does_not_allow_the_profile_changes_nothing():
+    d = quota.decide(budgeted(), "gpu-x2", 2, 0, {}, exhausted={"students": STUDENTS_USED_UP})
+    assert d.allowed and d.charged_to == "researchers"
+
+
+def test_a_start_is_refused_with_the_budget_reasons_when_every_allowing_quota_is_used_up():
+    d = quota.decide(
+        budgeted(), "mig", 1, 0, {}, exhausted={"students": STUDENTS_USED_UP, "researchers": RESEARCHERS_USED_UP}
+    )
+    assert not d.allowed and d.charged_to == ""
+    both = (STUDENTS_USED_UP, RESEARCHERS_USED_UP)
+    assert d.reason in ("; ".join(both), "; ".join(reversed(both)))
+    only = quota.decide(budgeted(["students"]), "mig", 1, 0, {}, exhausted={"students": STUDENTS_USED_UP})
+    assert not only.allowed and only.reason == STUDENTS_USED_UP
+
+
+def test_a_cpu_start_ignores_used_up_budgets():
+    all_used_up = {"students": STUDENTS_USED_UP, "researchers": RESEARCHERS_USED_UP, DEFAULT_SOURCE: "x"}
+    d = quota.decide(budgeted(), "cpu", 0, 0, {}, exhausted=all_used_up)
+    assert d.allowed and d.charged_to == "researchers" and d.priority == 10

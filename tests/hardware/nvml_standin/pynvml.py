@@ -3,8 +3,9 @@
 For integration tests that run a hub *process* on a machine without the GPUs they describe: put
 this directory first on the hub's PYTHONPATH and set GPUHUB_FAKE_NVML to a layout JSON file (the
 layout of `tests/hardware/fake_pynvml.py`). `import pynvml` then gives `fake_pynvml.make(...)`,
-which re-reads that file on every NVML call, so a test changes a GPU's utilization, or makes one
-fail, by rewriting the file atomically (write a temporary file, then `os.replace`).
+which looks at that file on every NVML call (parsing it again only when it changed), so a test
+changes a GPU's utilization, or makes one fail, by rewriting the file atomically (write a temporary
+file, then `os.replace`).
 
 fake_pynvml raises the *real* pynvml's error classes, so NVIDIA's module is loaded here by path,
 from the sys.path entries other than this directory, and handed to fake_pynvml while it imports.
@@ -46,9 +47,18 @@ finally:
     sys.modules["pynvml"] = _standin
 
 
+_parsed: dict = {}
+
+
 def _layout() -> dict:
-    with open(_LAYOUT) as f:
-        return json.load(f)
+    # A stat per call, a parse per change: a sampler of 64 devices must not spend its time in json.
+    st = os.stat(_LAYOUT)
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _parsed:
+        with open(_LAYOUT) as f:
+            _parsed.clear()
+            _parsed[key] = json.load(f)
+    return _parsed[key]
 
 
 # The import statement returns what sys.modules holds once this module has run: the fake itself.
