@@ -47,7 +47,7 @@ help:
 	@echo "make restart - restart the hub only; user servers keep running"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
-	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead)"
+	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead, console pages)"
 
 # --- build inputs shared by the images ---------------------------------------------------
 build-context:
@@ -147,6 +147,7 @@ bench: dev-deps test-images
 	$(VENV)/bin/python -m benchmarks.hub_recovery --image $(TEST_NOTEBOOK_IMAGE)
 	$(VENV)/bin/python -m benchmarks.class_day
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.telemetry_overhead
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.console_pages
 
 clean-build:
 	rm -rf .build

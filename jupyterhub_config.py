@@ -9,7 +9,7 @@ import os
 import secrets
 import sys
 
-from spawner import gpu_config, hub_api, settings, signin, staff_roles
+from spawner import console, gpu_config, hub_api, settings, signin, staff_roles
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -98,9 +98,30 @@ c.GPUQuota.groups = gpu["groups"]
 # --- GPU operations: telemetry, usage records, limits, budgets (docs/gpus.md) --------------
 # Usage records live in the hub's own database, so they follow its choice (SQLite or PostgreSQL).
 c.GPUDockerSpawner.usage_db_url = c.JupyterHub.db_url
-# gpuhub stops servers for limits and budgets through the hub's REST API, with a token of its own
-# (new at every hub start, never written anywhere but the hub's database).
-_ops_token = secrets.token_hex(32)
+
+
+# gpuhub stops servers for limits and budgets through the hub's REST API, with a token of its own.
+# It is kept beside the cookie secret: JupyterHub never removes a config token from its database,
+# so a new one at every start would leave every earlier one valid.
+def _kept_token(path: str) -> str:
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_hex(32)
+    fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{path}.tmp", path)
+    return token
+
+
+_ops_token = _kept_token(os.path.join(data_dir, "gpuhub-operations-token"))
 c.GPUDockerSpawner.hub_api_url = f"http://127.0.0.1:{s['GPUHUB_HUB_PORT']}/hub/api"
 c.GPUDockerSpawner.hub_api_token = _ops_token
 c.JupyterHub.custom_scopes = hub_api.CUSTOM_SCOPES
@@ -114,10 +135,29 @@ c.JupyterHub.load_roles.append(
     {
         "name": "gpuhub-operations",
         "description": "gpuhub stops servers for their profile limits and GPU-hour budgets",
-        "scopes": ["list:users", "read:servers", "delete:servers"],
+        "scopes": ["delete:servers"],  # all it does: DELETE /users/{name}/server(s/{name})
         "services": ["gpuhub-operations"],
     }
 )
+# The lab admin console (spawner/console/), listed in the hub's Services menu. It calls the hub's API
+# with each person's own OAuth token, cut to these scopes and to what that person holds, so the hub
+# decides every permission. Everyone may open it: students get its own 403 page saying why.
+c.JupyterHub.services += [
+    {
+        "name": "gpuhub",
+        "display": True,
+        "url": f"http://127.0.0.1:{s['GPUHUB_CONSOLE_PORT']}",
+        "command": [sys.executable, "-m", "spawner.console"],
+        "oauth_no_confirm": True,
+        # Custom scopes the hub does not (yet) define would stop it at start: only defined ones.
+        "oauth_client_allowed_scopes": [
+            scope
+            for scope in console.TOKEN_SCOPES
+            if not scope.startswith("custom:") or scope in c.JupyterHub.custom_scopes
+        ],
+    }
+]
+c.JupyterHub.extra_user_scopes = ["access:services!service=gpuhub"]
 if s["GPUHUB_IDLE_TIMEOUT"]:
     c.JupyterHub.services += [
         {

@@ -897,12 +897,14 @@ def report(trace: dict, rows: list[dict]) -> str:
     out.append("")
     for r in rows:
         idle_ok = r["idle_share"] <= 0.10
-        wait_ok = r["wait_median_s"] <= 120
+        # A start refused after the whole gpu_wait_timeout waited too: the goal is judged over all starts.
+        wait_ok = r["time_to_gpu_median_s"] <= 120
         out.append(
             f"{r['policy']:9} goals at {trace['peak_demand_over_supply']:.2f}x supply: idle share <= 10 %"
             f" {'met' if idle_ok else 'NOT met'} ({r['idle_share']:.1%}); median wait <= 2 min"
-            f" {'met' if wait_ok else 'NOT met'} ({r['wait_median_s'] / 60:.1f} min over {r['grants']} grants,"
-            f" with {sum(r['refusals'].values())} refusals)"
+            f" {'met' if wait_ok else 'NOT met'} ({r['time_to_gpu_median_s'] / 60:.1f} min over all"
+            f" {r['starts']} starts; {r['wait_median_s'] / 60:.1f} min over the {r['grants']} granted,"
+            f" {sum(r['refusals'].values())} refused)"
         )
     return "\n".join(out)
 

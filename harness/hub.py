@@ -40,9 +40,14 @@ c.GPUDockerSpawner.hub_id = {hub_id!r}
 c.JupyterHub.services = list(c.JupyterHub.services or []) + [
     {{"name": "test-admin", "api_token": {token!r}}}
 ]
-c.JupyterHub.load_roles = list(c.JupyterHub.load_roles or []) + [
-    {{"name": "admin", "services": ["test-admin"]}}
-]
+# The admin role, as the production config defines it (with gpuhub's scopes), for the test service too.
+_roles = list(c.JupyterHub.load_roles or [])
+_admin = next((r for r in _roles if r["name"] == "admin"), None)
+if _admin is None:
+    _roles.append({{"name": "admin", "services": ["test-admin"]}})
+else:
+    _admin["services"] = [*_admin.get("services", []), "test-admin"]
+c.JupyterHub.load_roles = _roles
 {extra}
 """
 
@@ -94,6 +99,7 @@ class Hub:
             "GPUHUB_HUB_CONNECT_IP": TEST_GATEWAY,
             "GPUHUB_PORT": str(self.port),
             "GPUHUB_HUB_PORT": str(free_port()),
+            "GPUHUB_CONSOLE_PORT": str(free_port()),
             "GPUHUB_PROXY_API_PORT": str(free_port()),
             "GPUHUB_DATA_DIR": str(self.data_dir),
             "GPUHUB_MEM_LIMIT": "2G",

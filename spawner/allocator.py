@@ -53,6 +53,7 @@ class Waiter:
     priority: int
     arrival: int
     charged_to: str = ""
+    since: float = 0.0  # when it joined the queue (epoch seconds, kept over a hub restart)
 
 
 @dataclass(order=True)
@@ -157,11 +158,13 @@ class Ledger:
         charged_to: str = "",
         lease_id: str | None = None,
         arrival: int | None = None,
+        since: float = 0.0,
     ) -> Lease | None:
         """Grant a lease at once, or queue `owner` and return None.
 
         `arrival` puts a restored queue entry back in its old place (queue persisted
-        over a hub restart); new entries come after every entry seen so far.
+        over a hub restart); new entries come after every entry seen so far. `since`
+        is when the owner joined the queue (the caller's clock; shown to lab admins).
         """
         if owner in self.by_owner or owner in self._waiting:
             raise AllocationError(f"{owner} already holds or waits for GPU devices")
@@ -173,7 +176,7 @@ class Ledger:
             arrival = next(self._arrival)
         else:
             self._arrival = itertools.count(max(arrival + 1, next(self._arrival)))
-        waiter = Waiter(lease_id or new_lease_id(), owner, request, priority, arrival, charged_to)
+        waiter = Waiter(lease_id or new_lease_id(), owner, request, priority, arrival, charged_to, since)
         entry = _Entry((-priority, arrival), waiter)
         bisect.insort(self._queue, entry)
         self._waiting[owner] = entry
@@ -223,6 +226,10 @@ class Ledger:
         if self._unqueue(owner):
             return self.dispatch()
         return []
+
+    def blocked_by(self, uuid: str) -> dict[str, str]:
+        """Quarantine key -> reason, for every quarantine that holds this device."""
+        return {k: self.quarantine[k][1] for k in sorted(self._blocked.get(uuid, ()))}
 
     def release(self, lease_id: str) -> list[Lease]:
         """End a lease (its container is gone, or never existed). Returns the leases granted to waiters."""

@@ -21,6 +21,7 @@ from typing import Any
 PERIODS = ("day", "week", "month")
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+MAX_DURATION_S = 365 * 86400  # longer is no limit at all, and dates past it stop being printable
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -68,6 +69,8 @@ def duration(value: Any, where: str) -> float:
         raise BudgetError(f"{where} must be a finite duration such as 30m or 2h, got {value!r}")
     if seconds <= 0:
         raise BudgetError(f"{where} must be longer than 0, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise BudgetError(f"{where} must be at most 365d, got {value!r}")
     return seconds
 
 

@@ -1,11 +1,18 @@
-"""gpuhub: the admin and instructor command line. Talks to the hub's REST API with a token.
+"""gpuhub: the command line of lab admins, instructors and students (docs/cli.md). Talks to the
+hub's REST API with a token.
 
     export GPUHUB_URL=http://localhost:8000 GPUHUB_TOKEN=<token from /hub/token>
+    gpuhub gpus                                    # the GPU map: who holds which device, how busy
+    gpuhub queue                                   # who waits for a GPU (queue remove USER[/SERVER])
+    gpuhub quota show students                     # a group's quota, budgets and recent changes
+    gpuhub quota set students max_devices_per_user=1 gpu_hours_per_user=20/week
+    gpuhub usage --since 7d --by group [--csv]     # GPU-hours
+    gpuhub stop ann/train                          # stop a server (files are kept)
     gpuhub course create ml101 --title "ML 101" --git https://git.example.edu/ml101.git --instructor alice
     gpuhub course enroll ml101 bob carol
     gpuhub course publish ml101 ./material        # volume courses: copy files into the course volume
     gpuhub course link ml101 week1/lecture1.ipynb  # an "open in gpuhub" link (nbgitpuller format)
-    gpuhub ssh-config >> ~/.ssh/config             # then: ssh gpuhub-<you> (docs/users.md: SSH)
+    gpuhub ssh-config --add-key ~/.ssh/id_ed25519.pub >> ~/.ssh/config   # then: ssh gpuhub-<you>
 
 Bad input exits non-zero with one line and changes nothing.
 """
@@ -15,65 +22,20 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
-import requests
+from . import cli_admin, cli_ssh, container, courses
+from .cli_client import CLIError, Hub
 
-from . import container, courses
+__all__ = ["CLIError", "Hub", "main", "parser"]
 
 #: The notebook server's uid/gid and account name, as the spawner's defaults give them
 #: (`GPUDockerSpawner.notebook_user`, the image's home `GPUDockerSpawner.home_path`).
 NOTEBOOK_UID, NOTEBOOK_GID = (int(x) for x in container.DEFAULT_USER.split(":"))
 NOTEBOOK_ACCOUNT = PurePosixPath(container.DEFAULT_HOME_PATH).name
-
-
-class CLIError(Exception):
-    pass
-
-
-class Hub:
-    def __init__(self, url: str, token: str):
-        if not token:
-            raise CLIError("no API token: set GPUHUB_TOKEN or pass --token (create one at <hub>/hub/token)")
-        self.url = url.rstrip("/")
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"token {token}"
-
-    def call(self, method: str, path: str, ok=(200, 201, 204), **kwargs) -> requests.Response:
-        try:
-            r = self.http.request(method, f"{self.url}/hub/api{path}", timeout=30, **kwargs)
-        except requests.RequestException as e:
-            raise CLIError(f"cannot reach the hub at {self.url} ({type(e).__name__})") from None
-        if r.status_code == 403:
-            raise CLIError(f"the token may not do this ({method} {path}: 403)")
-        if r.status_code not in ok:
-            try:
-                message = r.json().get("message", r.text)
-            except ValueError:
-                message = r.text[:200]
-            raise CLIError(f"{method} {path} failed: {r.status_code} {message}")
-        return r
-
-    def group(self, course: str) -> dict | None:
-        r = self.call("GET", f"/groups/{courses.GROUP_PREFIX}{course}", ok=(200, 404))
-        return r.json() if r.status_code == 200 else None
-
-    def course(self, name: str) -> tuple[dict, courses.Course]:
-        group = self.group(courses.check_name(name))
-        if group is None or courses.PROPERTY not in (group.get("properties") or {}):
-            raise CLIError(f"unknown course {name!r}")
-        return group, courses.parse(group["name"], group["properties"][courses.PROPERTY])
-
-    def check_users(self, users: list[str]) -> None:
-        for user in users:
-            if not courses.USER_NAME.match(user):
-                raise CLIError(f"{user!r} is not a valid user name")
-            if self.call("GET", f"/users/{user}", ok=(200, 404)).status_code == 404:
-                raise CLIError(f"unknown user {user!r}")
 
 
 def cmd_create(hub: Hub, a) -> str:
@@ -202,33 +164,42 @@ def cmd_link(hub: Hub, a) -> str:
     return f"{hub.url}/hub/user-redirect/git-pull?{query}"
 
 
-def cmd_ssh_config(hub: Hub, a) -> str:
-    """An ~/.ssh/config block for the token's owner: OpenSSH through the proxy to jupyter-sshd-proxy."""
-    user = hub.call("GET", "/user").json()["name"]
-    if a.server and not re.match(r"^[A-Za-z0-9._-]{1,64}$", a.server):
-        raise CLIError(f"{a.server!r} is not a valid server name")
-    scheme = "wss" if hub.url.startswith("https://") else "ws"
-    host = hub.url.split("://", 1)[1]
-    path = f"/user/{quote(user, safe='@~')}/{quote(a.server, safe='@~') + '/' if a.server else ''}sshd/"
-    alias = a.host or f"gpuhub-{user}" + (f"-{a.server}" if a.server else "")
-    return "\n".join(
-        [
-            f"Host {alias}",
-            f"    User {NOTEBOOK_ACCOUNT}",
-            "    # The hub token authenticates the tunnel; keep it in the environment, not in this file.",
-            f'    ProxyCommand websocat --binary -H="Authorization: token ${{GPUHUB_TOKEN}}" asyncstdio: {scheme}://{host}{path}',
-        ]
-    )
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"gpuhub: error: {message} (see {self.prog} --help)\n")
+
+
+def common_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """--url/--token and --json, also accepted after the command (`gpuhub gpus --json`).
+
+    SUPPRESS: a subcommand that is not given them keeps the top level's values."""
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=argparse.SUPPRESS, help="the hub (default: $GPUHUB_URL)")
+    connection.add_argument("--token", default=argparse.SUPPRESS, help="an API token (default: $GPUHUB_TOKEN)")
+    output = argparse.ArgumentParser(add_help=False, parents=[connection])
+    output.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="the hub's JSON, for scripts")
+    return connection, output
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuhub", description="gpuhub admin and instructor commands")
+    p = OneLineParser(prog="gpuhub", description="gpuhub: GPUs, queue, quotas, usage, courses and SSH")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"))
     p.add_argument("--token", default=os.environ.get("GPUHUB_TOKEN", ""))
-    sub = p.add_subparsers(dest="area", required=True)
+    p.set_defaults(json=False)
+    connection, output = common_options()
+    sub = p.add_subparsers(dest="area", required=True, metavar="COMMAND")
+    cli_admin.add_parsers(sub, output)
     course = sub.add_parser("course", help="courses: material every enrolled student receives")
-    cs = course.add_subparsers(dest="command", required=True)
-    c = cs.add_parser("create", help="create a course")
+    cs = course.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        s = cs.add_parser(name, parents=[connection], help=help_text)
+        s.set_defaults(func=func)
+        return s
+
+    c = command("create", cmd_create, "create a course")
     c.add_argument("name")
     c.add_argument("--title", default="")
     c.add_argument("--git", help="repository URL the material is pulled from")
@@ -238,47 +209,35 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--instructor-group", action="append", default=[], help="group whose members instruct")
     c.add_argument("--data", action="store_true", help="mount the course's data volume read-only for students")
     c.add_argument("--profile", help="default profile for the course's students")
-    for name, help_text in (("show", "show a course"), ("delete", "delete a course")):
-        s = cs.add_parser(name, help=help_text)
-        s.add_argument("name")
-        if name == "delete":
-            s.add_argument("--yes", action="store_true")
-    cs.add_parser("list", help="list courses")
-    for name in ("enroll", "drop"):
-        s = cs.add_parser(name, help=f"{name} students")
+    command("show", cmd_show, "show a course").add_argument("name")
+    s = command("delete", cmd_delete, "delete a course")
+    s.add_argument("name")
+    s.add_argument("--yes", action="store_true")
+    command("list", cmd_list, "list courses")
+    for name, func in (("enroll", cmd_enroll), ("drop", lambda hub, a: cmd_enroll(hub, a, drop=True))):
+        s = command(name, func, f"{name} students")
         s.add_argument("name")
         s.add_argument("users", nargs="+")
-    s = cs.add_parser("publish", help="copy local material into a volume course")
+    s = command("publish", cmd_publish, "copy local material into a volume course")
     s.add_argument("name")
     s.add_argument("path")
     s.add_argument("--image", help="image for the copy helper (default: GPUHUB_NOTEBOOK_IMAGE)")
-    ssh = sub.add_parser("ssh-config", help="print an ~/.ssh/config block for your server (jupyter-sshd-proxy)")
-    ssh.set_defaults(command="ssh-config")
-    ssh.add_argument("--server", default="", help="a named server (default: the default server)")
-    ssh.add_argument("--host", default="", help="the Host alias (default: gpuhub-<user>)")
-    s = cs.add_parser("link", help="an 'open in gpuhub' link to a file of a git course")
+    s = command("link", cmd_link, "an 'open in gpuhub' link to a file of a git course")
     s.add_argument("name")
     s.add_argument("path", nargs="?", default="")
+    cli_ssh.add_parser(sub, connection)
     return p
-
-
-COMMANDS = {
-    "create": cmd_create,
-    "show": cmd_show,
-    "list": cmd_list,
-    "delete": cmd_delete,
-    "enroll": cmd_enroll,
-    "drop": lambda hub, a: cmd_enroll(hub, a, drop=True),
-    "publish": cmd_publish,
-    "link": cmd_link,
-    "ssh-config": cmd_ssh_config,
-}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "csv", False) and args.json:
+        print("gpuhub: error: give --csv or --json, not both", file=sys.stderr)
+        return 2
     try:
-        print(COMMANDS[args.command](Hub(args.url, args.token), args))
+        out = args.func(Hub(args.url, args.token), args)
+        if out:
+            print(out)
         return 0
     except (CLIError, courses.CourseError) as e:
         print(f"gpuhub: error: {e}", file=sys.stderr)

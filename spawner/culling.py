@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .budget import span, when
 
 REASONS = ("gpu-idle", "time-limit", "idle", "budget")
+STOP_RETRY_S = 120  # a stop asked for whose server is still there after this is asked again
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Watch:
     gpu_idle_since: float | None = None
     notice: Notice | None = None  # the warning shown now, if any
     stopping: bool = False
+    stop_asked: float = 0.0  # when the stop was last asked for
     extra: dict = field(default_factory=dict)
 
 
@@ -168,7 +170,11 @@ def evaluate(
 ) -> Verdict:
     """What to do with this server now; updates `watch.notice`."""
     if watch.stopping:
-        return Verdict("none", watch.notice)
+        # Asked for; the server is still here. A stop that failed on the engine side is asked again.
+        if watch.notice is None or now < watch.stop_asked + STOP_RETRY_S:
+            return Verdict("none", watch.notice)
+        watch.stop_asked = now
+        return Verdict("stop", watch.notice)
     found = deadlines(watch, now, last_activity, budget_end)
     if not found:
         return _clear(watch)
@@ -176,7 +182,7 @@ def evaluate(
     warning_text, detail = words(at)
     notice = Notice(reason, warning_text, at, detail)
     if now >= at:
-        watch.stopping = True
+        watch.stopping, watch.stop_asked = True, now
         watch.notice = notice
         return Verdict("stop", notice)
     if now >= at - warning:

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from . import container
 from .admission import Refusal, SpawnPlan, Usage
-from .allocator import AllocationError, Lease, Ledger
+from .allocator import AllocationError, Lease, Ledger, Waiter
 from .devices import Request
 from .engine import ContainerView, Engine, EngineError
 from .inventory import Inventory
@@ -67,6 +67,22 @@ def owner_key(username: str, server_name: str) -> str:
 
 class ServiceBusy(Exception):
     """The engine did not confirm something the start needs (one line for the user)."""
+
+
+class RemovedFromQueue(Exception):
+    """A lab admin took this start out of the GPU queue: the start fails with this one line."""
+
+    jupyterhub_message = "removed from the GPU queue by a lab admin"
+
+    def __init__(self):
+        super().__init__(self.jupyterhub_message)
+
+
+class LiftRefused(Exception):
+    """A quarantine a lab admin may not lift (or none): one line saying why."""
+
+
+FAILED_STARTS = "failed "  # reason prefix of the one quarantine a lab admin may lift (see `liftable`)
 
 
 @dataclass
@@ -238,7 +254,9 @@ class GPUService:
             if ledger.lease_of(owner) is not None or ledger.waiter(owner) is not None:
                 return Refusal(409, "your previous server still holds GPU devices; try again in a minute")
             try:
-                granted = ledger.request(owner, outcome.request, outcome.priority, outcome.charged_to)
+                granted = ledger.request(
+                    owner, outcome.request, outcome.priority, outcome.charged_to, since=time.time()
+                )
             except AllocationError as e:
                 return Refusal(400, str(e))
             finally:
@@ -575,7 +593,7 @@ class GPUService:
                 if key not in ledger.quarantine or ledger.quarantine[key][1] != reason:
                     self.log.error("gpuhub: GPU device %s quarantined: %s", uuid, reason)
                     ledger.block(key, [uuid], reason)
-            elif key in ledger.quarantine and not ledger.quarantine[key][1].startswith("failed"):
+            elif key in ledger.quarantine and not ledger.quarantine[key][1].startswith(FAILED_STARTS):
                 self.log.warning("gpuhub: GPU device %s is back; quarantine lifted", uuid)
                 ledger.lift_quietly(key)
         new = present - set(ledger.devices)
@@ -589,7 +607,7 @@ class GPUService:
         for uuid in lease.devices:
             n = self._failures[uuid] = self._failures.get(uuid, 0) + 1
             if n >= self.config.start_failures_to_quarantine:
-                reason = f"failed {n} starts in a row"
+                reason = f"{FAILED_STARTS}{n} starts in a row"
                 self.log.error("gpuhub: GPU device %s quarantined: %s", uuid, reason)
                 self.ledger.block(HEALTH + uuid, [uuid], reason)
 
@@ -629,6 +647,7 @@ class GPUService:
                 "priority": w.priority,
                 "arrival": w.arrival,
                 "charged_to": w.charged_to,
+                "since": w.since,
             }
             for w in ledger.waiting()
         ]
@@ -670,6 +689,7 @@ class GPUService:
                     str(e.get("charged_to", "")),
                     e.get("lease"),
                     e["arrival"],
+                    float(e.get("since") or time.time()),
                 )
             except (AllocationError, ValueError, KeyError, TypeError) as err:
                 self.log.warning("gpuhub: saved queue entry of %s not restored: %s", owner, err)
@@ -702,6 +722,47 @@ class GPUService:
         elif ledger.waiter(owner) is not None:
             self._wake(ledger.cancel(owner))
         self._queue_changed()
+
+    # --- lab admins' actions -----------------------------------------------------------------------
+    def remove_waiter(self, owner: str) -> Waiter | None:
+        """Take `owner` out of the queue: its start fails with `RemovedFromQueue`. None if it does not wait."""
+        ledger = self.ledger
+        waiter = ledger.waiter(owner) if ledger else None
+        if waiter is None:
+            return None
+        future = self._futures.pop(owner, None)
+        if future is not None and not future.done():
+            future.set_exception(RemovedFromQueue())
+        self._restored.pop(owner, None)  # a place kept over a restart is given up too
+        self._wake(ledger.cancel(owner))
+        self._queue_changed()
+        self._update_metrics()
+        self.log.warning("gpuhub: %s was removed from the GPU queue by a lab admin", owner)
+        return waiter
+
+    def liftable(self, uuid: str) -> bool:
+        """May a lab admin lift this device's quarantine? Only one for failed starts: NVML's health
+        checks and the engine's word about unknown containers lift themselves once their cause is gone."""
+        blocked = self.ledger.blocked_by(uuid) if self.ledger else {}
+        return bool(blocked) and all(
+            key == HEALTH + uuid and reason.startswith(FAILED_STARTS) for key, reason in blocked.items()
+        )
+
+    def lift(self, uuid: str) -> list[str]:
+        """Lift a liftable quarantine (a lab admin fixed its cause); the reasons lifted. Raises LiftRefused."""
+        blocked = self.ledger.blocked_by(uuid)
+        if not blocked:
+            raise LiftRefused(f"device {uuid} is not quarantined")
+        if not self.liftable(uuid):
+            reasons = "; ".join(r for k, r in blocked.items() if not r.startswith(FAILED_STARTS) or k != HEALTH + uuid)
+            raise LiftRefused(f"device {uuid} cannot be lifted by hand: {reasons}")
+        self._failures.pop(uuid, None)
+        self._wake(self.ledger.lift(HEALTH + uuid))
+        self._update_metrics()
+        self.log.warning(
+            "gpuhub: GPU device %s: quarantine lifted by a lab admin (%s)", uuid, "; ".join(blocked.values())
+        )
+        return list(blocked.values())
 
     # --- questions ------------------------------------------------------------------------------------
     def position(self, owner: str) -> tuple[int, int] | None:

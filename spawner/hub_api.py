@@ -3,9 +3,12 @@
 - `GET  /hub/api/gpuhub/notice?server=NAME` - the stop warning of one of the caller's own servers
   (JupyterLab's banner asks through the notebook server's token).
 - `GET  /hub/api/gpuhub/usage?since=&until=&by=&user=&group=&profile=&device=` - GPU-hours from the
-  usage records; needs the `custom:gpuhub:read-usage` scope (lab admins have it).
+  usage records; the `custom:gpuhub:read-usage` scope (lab admins) reads every record, the
+  `custom:gpuhub:view` scope (instructors) those charged to groups the caller may read.
 - `DELETE /hub/api/gpuhub/servers/USER[/SERVER]` - stop a server as a lab admin (needs
   `delete:servers` on it); its usage record ends with the reason "admin".
+
+The lab admins' endpoints (GPU map, queue, quotas, audit log) are in `spawner/admin_api.py`.
 
 Errors are one line of JSON (`{"status": 400, "message": "..."}`), never a stack trace.
 """
@@ -15,16 +18,24 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from . import usage
-from .roles import READ_USAGE
+from . import admin_api, admin_views, usage
+from .roles import MANAGE, READ_USAGE, VIEW
 
 CUSTOM_SCOPES = {
     READ_USAGE: {
         "description": "Read the GPU-hour usage records of every user (lab admins).",
+    },
+    VIEW: {
+        "description": "Open gpuhub's console and read its GPU map, queue, quotas and audit log, cut to"
+        " the users and groups one's other scopes let one read (lab admins, instructors).",
+    },
+    MANAGE: {
+        "description": "Lift a GPU quarantine, remove a waiter from the GPU queue, edit a group's quota (lab admins).",
     },
 }
 
@@ -82,16 +93,33 @@ class UsageHandler(APIHandler):
     async def get(self):
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
-        if READ_USAGE not in self.expanded_scopes:
+        every = READ_USAGE in self.parsed_scopes
+        if not every and VIEW not in self.parsed_scopes:
             raise web.HTTPError(403, f"reading GPU usage needs the {READ_USAGE} scope (lab admins have it)")
         args = {k: self.get_argument(k, None) for k in ("since", "until", "by", "user", "group", "profile", "device")}
+        groups = [args["group"]]  # the groups whose records are read (None: every record)
+        if not every:  # an instructor: only records charged to groups they may read
+            readable = self.get_scope_filter("read:groups")
+            groups = [g.name for g in self.db.query(orm.Group).order_by(orm.Group.name) if readable(g, kind="group")]
+            if args["group"] is not None:
+                if args["group"] not in groups:
+                    raise web.HTTPError(403, f"you may not read the usage of group {args['group']!r}")
+                groups = [args["group"]]
         try:
             since, until = usage.parse_period(args["since"], args["until"], time.time())
             by = args["by"] or "user"
-            filters = {"user": args["user"], "charged_to": args["group"], "profile": args["profile"]}
-            filters["device"] = args["device"]
+            filters = {"user": args["user"], "profile": args["profile"], "device": args["device"]}
+            if by not in usage.BREAKDOWNS:
+                raise usage.UsageError(f"cannot break usage down by {by!r}; use one of {', '.join(usage.BREAKDOWNS)}")
             svc = await _service(self)
-            rows = await svc.ops.query(svc.ops.store.usage if svc.ops.store else None, since, until, by, **filters)
+            store = svc.ops.store
+
+            def read():
+                return admin_views.merge_usage(store.usage(since, until, by, charged_to=g, **filters) for g in groups)
+
+            if store is None:
+                raise usage.UsageError("GPU usage records are off on this hub")
+            rows = await svc.ops.query(read)
         except usage.UsageError as e:
             raise web.HTTPError(400, str(e)) from None
         self.write(
@@ -124,7 +152,7 @@ class StopHandler(APIHandler):
 
 def handlers() -> list[tuple[str, type]]:
     """For `c.JupyterHub.extra_handlers` (JupyterHub puts them under /hub/)."""
-    return [
+    return admin_api.handlers() + [
         (r"/api/gpuhub/notice", NoticeHandler),
         (r"/api/gpuhub/usage", UsageHandler),
         (r"/api/gpuhub/servers/([^/]+)/?", StopHandler),

@@ -35,6 +35,8 @@ from .allocator import Lease
 from .devices import Device
 from .telemetry import Reading
 
+NO_TELEMETRY_PERIOD_S = 60  # heartbeats and limits go on with telemetry off
+SAMPLE_TIMEOUT_S = 30  # at least; three intervals at long intervals
 _LABELS = ["device", "model", "mig_profile", "user", "server"]
 ACTIVITY = Gauge(
     "gpuhub_device_activity_percent",
@@ -105,11 +107,13 @@ class Operations:
         self._nvml = ThreadPoolExecutor(1, thread_name_prefix="gpuhub-nvml")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="gpuhub-usage")
         self._task: asyncio.Task | None = None
+        self._sample: asyncio.Future | None = None
         self._writes: set[asyncio.Future] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None and self.interval > 0:
+        # With telemetry off (interval 0) the loop still runs: heartbeats, time limits and budgets.
+        if self._task is None:
             self._task = asyncio.ensure_future(self._forever())
 
     def close(self) -> None:
@@ -125,8 +129,13 @@ class Operations:
             try:
                 await self.tick()
             except Exception as e:  # one bad tick must not end telemetry for the hub's life
-                self.log.warning("gpuhub: telemetry/culling failed (%s); will retry in %.0f s", e, self.interval)
-            await asyncio.sleep(self.interval)
+                self.log.warning("gpuhub: telemetry/culling failed (%s); will retry in %.0f s", e, self.period)
+            await asyncio.sleep(self.period)
+
+    @property
+    def period(self) -> float:
+        """Seconds between ticks: the telemetry interval, or NO_TELEMETRY_PERIOD_S with telemetry off."""
+        return self.interval if self.interval > 0 else NO_TELEMETRY_PERIOD_S
 
     # --- usage records -----------------------------------------------------------------------------
     def _write(self, fn, *args) -> asyncio.Future | None:
@@ -220,7 +229,7 @@ class Operations:
         found: dict[str, str] = {}
         for use in await self.budget_uses(username, quotas):
             # A start that would be warned at once is refused: it would run past the budget.
-            if use.left < devices * self.warning / 3600 and use.source not in found:
+            if use.left <= devices * self.warning / 3600 and use.source not in found:
                 found[use.source] = use.refusal()
         return found
 
@@ -265,6 +274,8 @@ class Operations:
         self.servers[info.owner] = info
         known = self.watches.get(info.owner)
         if known is None or known.devices != info.devices or known.started != info.started:
+            # A new start: a stop noted before it (for an old server, or refused) must not end it.
+            self._pending_stop.pop(info.owner, None)
             self.watches[info.owner] = culling.Watch(
                 info.owner, info.started, info.limits, info.devices, info.charged_to
             )
@@ -272,6 +283,7 @@ class Operations:
     def unwatch(self, owner: str) -> culling.Notice | None:
         """The server stopped: forget it; returns the notice it was stopped under, if gpuhub stopped it."""
         self.servers.pop(owner, None)
+        self._pending_stop.pop(owner, None)  # asked for, but the hub found it gone without stopping it
         watch = self.watches.pop(owner, None)
         user, _, server = owner.partition("/")
         _remove_labels(IDLE_SECONDS, [(user, server)])
@@ -293,36 +305,61 @@ class Operations:
     async def tick(self) -> None:
         now = self.clock()
         devices = self.devices()
-        if self.sampler is not None and devices:
-            self.readings = await asyncio.get_running_loop().run_in_executor(
-                self._nvml, self.sampler.sample, list(devices.values())
-            )
+        if self.sampler is not None and devices and self.interval > 0:
+            if self._sample is None or self._sample.done():  # never queue behind a hung one
+                self._sample = asyncio.get_running_loop().run_in_executor(
+                    self._nvml, self.sampler.sample, list(devices.values())
+                )
+            try:
+                limit = max(3 * self.interval, SAMPLE_TIMEOUT_S)
+                self.readings = await asyncio.wait_for(asyncio.shield(self._sample), limit)
+            except asyncio.TimeoutError:
+                # NVML hangs (a GPU falling off the bus does that): no reading means no device is idle,
+                # and the other limits go on being enforced.
+                self.log.error("gpuhub: NVML did not answer a sample within %.0f s", limit)
+                self.readings = {}
             self._export(devices)
         activity = {uuid: culling.Activity(r.ok, r.activity if r.ok else None) for uuid, r in self.readings.items()}
         live = [lease for lease in self.leases() if lease.container is not None]
         if self.store is not None and live:
             self._write(self.store.seen, [lease.id for lease in live], now)
-        budget_ends = await self._budget_ends(now) if self.watches else {}
+        try:
+            budget_ends = await self._budget_ends(now) if self.watches else {}
+        except Exception as e:  # the records' database is away: the other limits still apply
+            self.log.warning("gpuhub: GPU-hour budgets not checked this time (%s)", e)
+            budget_ends = {}
+        stops = []
+        # One pass with no await: every verdict is made on the same, current state.
         for owner, watch in list(self.watches.items()):
-            info = self.servers.get(owner)
-            culling.observe(watch, activity, now)
-            user, _, server = owner.partition("/")
-            if watch.gpu_idle_since is not None:
-                IDLE_SECONDS.labels(user, server).set(now - watch.gpu_idle_since)
-            else:
-                _remove_labels(IDLE_SECONDS, [(user, server)])
-            verdict = culling.evaluate(
-                watch, now, self.warning, info.last_activity() if info else None, budget_ends.get(owner)
-            )
-            if verdict.action == "warn":
-                WARNED.labels(verdict.notice.reason).inc()
-                self.log.info("gpuhub: %s: warned: %s", owner, verdict.notice.message)
-            elif verdict.action == "clear":
-                self.log.info("gpuhub: %s: the stop warning no longer applies", owner)
-            elif verdict.action == "stop":
-                await self._stop(owner, watch, verdict.notice)
+            try:
+                verdict = self._judge(owner, watch, activity, now, budget_ends.get(owner))
+            except Exception as e:  # one server's bad limit must not stop enforcement for the others
+                self.log.error("gpuhub: %s: limits not checked (%s)", owner, e)
+                continue
+            if verdict.action == "stop":
+                stops.append((owner, watch, verdict.notice))
+        if stops:
+            await asyncio.gather(*(self._stop(owner, watch, notice) for owner, watch, notice in stops))
+
+    def _judge(self, owner: str, watch: culling.Watch, activity, now: float, budget_end) -> culling.Verdict:
+        info = self.servers.get(owner)
+        culling.observe(watch, activity, now)
+        user, _, server = owner.partition("/")
+        if watch.gpu_idle_since is not None:
+            IDLE_SECONDS.labels(user, server).set(now - watch.gpu_idle_since)
+        else:
+            _remove_labels(IDLE_SECONDS, [(user, server)])
+        verdict = culling.evaluate(watch, now, self.warning, info.last_activity() if info else None, budget_end)
+        if verdict.action == "warn":
+            WARNED.labels(verdict.notice.reason).inc()
+            self.log.info("gpuhub: %s: warned: %s", owner, verdict.notice.message)
+        elif verdict.action == "clear":
+            self.log.info("gpuhub: %s: the stop warning no longer applies", owner)
+        return verdict
 
     async def _stop(self, owner: str, watch: culling.Watch, notice: culling.Notice) -> None:
+        if self.watches.get(owner) is not watch:  # stopped, or started again, while others were being stopped
+            return
         if self.stop_server is None:
             watch.stopping = False
             return
@@ -336,8 +373,10 @@ class Operations:
         if accepted:
             CULLED.labels(notice.reason).inc()
         else:
-            self._pending_stop.pop(owner, None)
-            watch.stopping = False  # try again at the next sample
+            if self._pending_stop.get(owner) == notice.reason:
+                self._pending_stop.pop(owner, None)
+            if self.watches.get(owner) is watch:
+                watch.stopping = False  # try again at the next sample
 
     def _export(self, devices: Mapping[str, Device]) -> None:
         holders = {}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from traitlets import Dict
@@ -129,19 +130,48 @@ def quotas_for(
     quotas = [Quota(DEFAULT_SOURCE, **parse(default, "c.GPUQuota.default"))]
     problems: list[str] = []
     for name in sorted(user_groups):
-        configured = config_groups.get(name)
-        runtime = user_groups[name]
-        if configured is None and runtime is None:
-            continue
         try:
-            values = parse(configured or {}, f"c.GPUQuota.groups[{name!r}]")
-            if runtime is not None:
-                values.update(parse(runtime, f"group {name!r} (property 'gpuhub')"))
+            found = group_quota(name, config_groups.get(name), user_groups[name])
         except QuotaError as e:
             problems.append(str(e))
             continue
-        quotas.append(Quota(name, **values))
+        if found is not None:
+            quotas.append(found)
     return quotas, problems
+
+
+def group_quota(name: str, configured: Mapping[str, Any] | None, runtime: Any) -> Quota | None:
+    """One group's quota: its config, overridden key by key by its property `gpuhub` (None if neither is set).
+
+    Raises QuotaError when either is malformed: such a group grants nothing until it is fixed.
+    """
+    if configured is None and runtime is None:
+        return None
+    values = parse(configured or {}, f"c.GPUQuota.groups[{name!r}]")
+    if runtime is not None:
+        values.update(parse(runtime, f"group {name!r} (property 'gpuhub')"))
+    return Quota(name, **values)
+
+
+def written(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parsed quota values (`parse`'s answer, or a Quota's fields) as an admin writes them:
+    profiles a sorted list or "*", budgets "20/week". `parse(written(v))` gives `v` back."""
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        if key not in values:
+            continue
+        value = values[key]
+        if key == "profiles":
+            value = "*" if value is None else sorted(value)
+        elif isinstance(value, budget.Budget):
+            value = f"{_plain(value.hours)}/{value.period}"
+        out[key] = value
+    return out
+
+
+def written_quota(q: Quota) -> dict[str, Any]:
+    """Every key of a quota, as written (keys it does not set show their meaning: null, 0, "*")."""
+    return written({key: getattr(q, key) for key in KEYS})
 
 
 def decide(
@@ -193,6 +223,12 @@ def decide(
     # group because their own group is full queues like a student.
     charged = groups_first[0]
     return Decision(True, charged_to=charged.source, priority=charged.priority)
+
+
+def _plain(number: float) -> str:
+    """20.0 -> "20", 0.015 -> "0.015", 1e-07 -> "0.0000001": what the budget pattern reads back."""
+    text = f"{Decimal(repr(number)):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class GPUQuota(Configurable):

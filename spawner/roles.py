@@ -2,11 +2,12 @@
 
 - `user` (JupyterHub's own, every signed-in user; "student" in the docs): their own servers only.
 - `lab-admin`, for the members of GPUHUB_LAB_ADMIN_GROUP: groups and their properties (quotas,
-  budgets, courses), every server, the admin page, metrics and GPU-hour usage; not users, tokens or
-  the hub itself.
+  budgets, courses), every server, the admin page, metrics, GPU-hour usage and gpuhub's console
+  (view and manage); not users, tokens or the hub itself.
 - `instructor-<course>`, one per course, for its instructors (users and instructor groups):
   read the course's members and their servers, open and start/stop them (to help in class),
-  read the course group. Not its membership: a role that can add users to a group it can
+  read the course group, and gpuhub's console read-only (its rows cut to the course by the scopes
+  above). Not its membership: a role that can add users to a group it can
   access would reach any user's server by enrolling them. Enrolment is the lab admins' or the IdP's.
 
 `spawner/staff_roles.py` gives these roles to the hub (as authenticator-managed roles) and keeps
@@ -21,7 +22,14 @@ from typing import Any
 from . import courses
 
 LAB_ADMIN = "lab-admin"
-READ_USAGE = "custom:gpuhub:read-usage"  # GET /hub/api/gpuhub/usage (defined in spawner/hub_api.py)
+# gpuhub's own scopes (defined in spawner/hub_api.py; docs/api.md says what each opens)
+READ_USAGE = "custom:gpuhub:read-usage"  # every user's GPU-hour usage records
+VIEW = "custom:gpuhub:view"  # the console and gpuhub's read endpoints, cut to what other scopes let one read
+MANAGE = "custom:gpuhub:manage"  # lift a quarantine, remove a queue entry, edit a quota
+GPUHUB_ADMIN_SCOPES = [VIEW, MANAGE, READ_USAGE]
+# JupyterHub refuses to change its built-in admin role, which predates custom scopes: admins get
+# gpuhub's in a role of their own.
+ADMIN_EXTRA = "gpuhub-admin"
 INSTRUCTOR_PREFIX = "instructor-"
 
 LAB_ADMIN_SCOPES = [
@@ -39,6 +47,8 @@ LAB_ADMIN_SCOPES = [
     "admin:groups",
     "read:metrics",
     READ_USAGE,
+    VIEW,
+    MANAGE,
 ]
 
 
@@ -48,6 +58,15 @@ def lab_admin_role(group: str) -> dict[str, Any]:
         "description": "Manage groups, quotas and courses, and every user's servers (not a full admin)",
         "scopes": list(LAB_ADMIN_SCOPES),
         "groups": [group],
+    }
+
+
+def admin_extra_role(users: Iterable[str]) -> dict[str, Any]:
+    return {
+        "name": ADMIN_EXTRA,
+        "description": "gpuhub's console and GPU endpoints for JupyterHub's admins (their admin role lacks them)",
+        "scopes": list(GPUHUB_ADMIN_SCOPES),
+        "users": sorted(users),
     }
 
 
@@ -63,6 +82,7 @@ def instructor_scopes(course: str) -> list[str]:
         f"access:servers!{g}",
         f"list:groups!{g}",
         f"read:groups!{g}",
+        f"{VIEW}!{g}",  # what it opens is cut by the scopes above anyway
     ]
 
 
@@ -128,6 +148,8 @@ def login_roles(
     """
     keep = ["user"] + (["admin"] if admin else [])
     found = [dict(defaults[name]) for name in keep if name in defaults]
+    if admin:
+        found.append({k: v for k, v in admin_extra_role([]).items() if k != "users"})
     for role in instructor:
         if username in role.get("users", ()):
             found.append({k: role[k] for k in ("name", "description", "scopes")})

@@ -313,6 +313,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUHUB_HUB_PORT", "8081", _port, "Port of the hub's API, for the proxy and user servers."),
     Setting("GPUHUB_PROXY_API_PORT", "8001", _port, "Port of configurable-http-proxy's REST API (loopback only)."),
     Setting(
+        "GPUHUB_CONSOLE_PORT",
+        "8002",
+        _port,
+        "Port of the lab admin console service (loopback only; people reach it through the proxy at "
+        "/services/gpuhub/).",
+    ),
+    Setting(
         "GPUHUB_DATA_DIR",
         "/srv/jupyterhub",
         _text,
@@ -383,7 +390,8 @@ SETTINGS: tuple[Setting, ...] = (
         "GPUHUB_TELEMETRY_INTERVAL",
         "10",
         _count,
-        "Seconds between GPU telemetry samples (metrics, GPU-idle culling, limits, budgets); 0 turns them off.",
+        "Seconds between GPU telemetry samples (metrics, GPU-idle culling, limits, budgets); 0 turns telemetry "
+        "and GPU-idle culling off (limits and budgets are then checked every minute).",
         trait="GPUDockerSpawner.telemetry_interval",
     ),
     Setting(

@@ -48,6 +48,13 @@ def _template_literal(value):
     return value
 
 
+#: Stops by someone other than the owner, as the hub page words them (spawner/stop_reasons.py).
+STOPPED_BY = {
+    "admin": "an admin, lab admin or instructor stopped it",
+    "idle": "it had no activity for the hub's idle timeout",
+}
+
+
 class GPUDockerSpawner(DockerSpawner):
     """Spawn each user's server in a hardened Docker container with a persistent home."""
 
@@ -261,7 +268,8 @@ class GPUDockerSpawner(DockerSpawner):
         help="""
         Seconds between GPU telemetry samples (NVML, in a thread of its own). Each sample
         updates the device metrics on /hub/metrics and drives GPU-idle culling, time
-        limits and budget stops. 0 turns telemetry and gpuhub's culling off.
+        limits and budget stops. 0 turns telemetry, and with it GPU-idle culling, off; time
+        limits, idle timeouts, budgets and usage heartbeats are then checked every minute.
         """,
     ).tag(config=True)
 
@@ -766,8 +774,8 @@ class GPUDockerSpawner(DockerSpawner):
         notice = svc.ops.unwatch(self.owner)
         if notice is not None:
             self._stopped(notice.reason, notice.stopped(time.time()))
-        elif reason == "admin":
-            self._stopped(reason, culling.stopped_message(time.time(), "a lab admin stopped it"))
+        elif reason in STOPPED_BY:
+            self._stopped(reason, culling.stopped_message(time.time(), STOPPED_BY[reason]))
         self.clear_state()
 
     async def poll(self):

@@ -196,9 +196,19 @@ class StaffRoles(Authenticator):
         # transactions that change the courses, and the hub's objects must see them at once.
         return self.parent.db
 
+    def get_handlers(self, app):
+        # Not sign-in: JupyterHub matches the authenticator's handlers before its own, and gpuhub
+        # needs to see who stops a server (spawner/stop_reasons.py).
+        from . import stop_reasons
+
+        return list(super().get_handlers(app)) + stop_reasons.handlers()
+
     async def load_managed_roles(self) -> list[dict[str, Any]]:
+        # Admins hold their identity in every mode (the admin password in shared-password mode).
+        admins = set(self.admin_users) | {u.name for u in self.hub_db.query(orm.User).filter(orm.User.admin)}
+        admin_extra = [roles.admin_extra_role(admins)]
         if not self.give_staff_roles:
-            return []
+            return admin_extra
         # The first call the hub makes on its authenticator once the database is open, before
         # it serves a request: the place to start following changes.
         watch(self.hub_db, self.log)
@@ -206,7 +216,7 @@ class StaffRoles(Authenticator):
         for problem in problems:
             self.log.warning("gpuhub: course ignored for instructor roles: %s", problem)
         # `users: []`: lab-admin comes with the group only, never by name.
-        return [{**roles.lab_admin_role(self.lab_admin_group), "users": []}] + wanted
+        return [{**roles.lab_admin_role(self.lab_admin_group), "users": []}] + admin_extra + wanted
 
     def roles_at_sign_in(self, username: str, admin: bool | None) -> list[dict[str, Any]]:
         db = self.hub_db

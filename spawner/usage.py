@@ -34,10 +34,10 @@ DEFAULT_PERIOD_S = 30 * 86400
 SQLITE_BUSY_TIMEOUT_S = 15  # the hub process writes the same SQLite file from its own connection
 
 END_REASONS = {  # end reason -> words for people
-    "user": "stopped through the hub (by its user or an admin)",
-    "admin": "stopped by a lab admin",
+    "user": "stopped by its user",
+    "admin": "stopped by an admin, lab admin or instructor",
     "gpu-idle": "its GPU was idle",
-    "idle": "no activity",
+    "idle": "no activity (a profile's idle_timeout, or the hub's idle culler)",
     "time-limit": "it reached its profile's time limit",
     "budget": "its GPU-hour budget ran out",
     "crashed": "the server exited on its own",
@@ -109,6 +109,16 @@ FILTERS = {"user": _c.user, "charged_to": _c.charged_to, "profile": _c.profile, 
 _RECORD_FIELDS = tuple(Record.__dataclass_fields__)
 
 
+def engine_for(db_url: str, tables: sa.MetaData) -> sa.engine.Engine:
+    """An engine on the hub's own database (SQLite or PostgreSQL) with gpuhub's `tables` created.
+    SQLite waits for the hub process's own writes instead of failing at once."""
+    url = sa.engine.make_url(db_url)
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S} if url.get_backend_name() == "sqlite" else {}
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    tables.create_all(engine, checkfirst=True)
+    return engine
+
+
 class UsageStore:
     """This hub's GPU-hour rows in the database at `db_url`. Blocking: call from one dedicated thread.
 
@@ -121,10 +131,7 @@ class UsageStore:
             raise UsageError("hub_id must not be empty")
         self.hub_id = hub_id
         self.clock = clock
-        url = sa.engine.make_url(db_url)
-        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S} if url.get_backend_name() == "sqlite" else {}
-        self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-        metadata.create_all(self.engine, checkfirst=True)
+        self.engine = engine_for(db_url, metadata)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -296,6 +303,7 @@ def _overlap_hours(start: float, end: float | None, since: float, until: float, 
 
 _RELATIVE = re.compile(r"(\d+)([dhm])")
 _UNIT_S = {"d": 86400, "h": 3600, "m": 60}
+_EARLIEST, _LATEST = 0.0, datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
 
 
 def parse_period(since: str | None, until: str | None, now: float) -> tuple[float, float]:
@@ -319,10 +327,14 @@ def _instant(name: str, text: str, now: float) -> float:
         word = word[:-1] + "+00:00"  # fromisoformat takes "Z" only from Python 3.11
     try:
         if relative:
-            return now - int(relative.group(1)) * _UNIT_S[relative.group(2)]
-        moment = datetime.fromisoformat(word)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
+            at = now - int(relative.group(1)) * _UNIT_S[relative.group(2)]
+        else:
+            moment = datetime.fromisoformat(word)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            at = moment.timestamp()
     except (ValueError, OverflowError):
         raise UsageError(f"{name} {text!r} is not a date such as 2026-11-01 or 7d") from None
+    if not _EARLIEST <= at <= _LATEST:  # the answer names its window as dates, which must exist
+        raise UsageError(f"{name} {text!r} is outside 1970-01-01 .. 9999-12-30")
+    return at

@@ -216,6 +216,27 @@ def test_a_restored_queue_entry_keeps_its_place_and_lease_id():
     assert [(g.owner, g.id) for g in granted][:1] == [("early/", "L-early")]
 
 
+def test_a_waiter_keeps_when_it_joined_through_a_new_priority():
+    led = ledger()
+    led.request("a/", Request(4))
+    led.request("b/", ONE_GPU, since=1234.5)
+    led.requeue("b/", 10, "researchers")
+    assert led.waiter("b/").since == 1234.5 and led.waiter("b/").priority == 10
+
+
+def test_blocked_by_names_every_quarantine_of_a_device():
+    led = ledger()
+    led.block("health:GPU-0", ["GPU-0"], "failed 3 starts in a row")
+    led.block("c0ffee", ["GPU-0", "GPU-1"], "container c0ffee: conflict")
+    assert led.blocked_by("GPU-0") == {
+        "c0ffee": "container c0ffee: conflict",
+        "health:GPU-0": "failed 3 starts in a row",
+    }
+    assert led.blocked_by("GPU-2") == {}
+    led.lift("c0ffee")
+    assert led.blocked_by("GPU-1") == {} and list(led.blocked_by("GPU-0")) == ["health:GPU-0"]
+
+
 REQUESTS = st.sampled_from([ONE_GPU, TWO_GPUS, Request(3), ONE_SLICE, Request(2, mig_profile="1g.10gb")])
 OWNERS = st.sampled_from([f"u{i}/" for i in range(8)])
 DEVICES = st.sampled_from([d.uuid for d in GPUS + MIG])

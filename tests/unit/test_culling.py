@@ -238,12 +238,22 @@ def test_a_server_without_limits_or_budget_gets_nothing():
 # Stopping
 
 
-def test_a_server_being_stopped_is_not_stopped_twice():
+def test_a_server_being_stopped_is_not_stopped_twice_while_its_stop_may_still_be_under_way():
     watch = gpu_watch()
     stop = run(watch, {"GPU-a": IDLE}, range(0, 1801, 60))[1800]
-    later = run(watch, {"GPU-a": IDLE}, range(1860, 4000, 60))
+    later = run(watch, {"GPU-a": IDLE}, range(1860, 1800 + culling.STOP_RETRY_S, 30))
     assert {v.action for v in later.values()} == {"none"}
     assert all(v.notice == stop.notice for v in later.values()) and watch.notice == stop.notice
+
+
+def test_a_stop_that_left_the_server_running_is_asked_again_once_per_retry_period():
+    # The hub took the stop, but the engine failed it: the server still runs and is still watched.
+    watch = gpu_watch()
+    run(watch, {"GPU-a": IDLE}, range(0, 1801, 60))
+    later = run(watch, {"GPU-a": IDLE}, range(1830, 1800 + 3 * culling.STOP_RETRY_S + 1, 30))
+    again = [t for t, v in later.items() if v.action == "stop"]
+    assert again == [1800 + culling.STOP_RETRY_S, 1800 + 2 * culling.STOP_RETRY_S, 1800 + 3 * culling.STOP_RETRY_S]
+    assert all(later[t].notice.reason == "gpu-idle" for t in again)
 
 
 def test_a_stop_the_hub_did_not_take_is_decided_again_at_the_next_sample():

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from spawner import budget, usage
+from spawner import budget, culling, usage
 from spawner.allocator import Lease
 from spawner.culling import Limits, Notice
 from spawner.devices import Device
@@ -216,7 +216,7 @@ async def test_an_idle_gpu_is_warned_then_stopped_once_through_the_hub_at_its_de
     assert REGISTRY.get_sample_value("gpuhub_server_gpu_idle_seconds", {"user": "ida", "server": ""}) == 1740
     assert counted("gpuhub_servers_warned_total", "gpu-idle") == warned + 1
 
-    await hub.ticks(range(1800, 2400, 60), "ida/")
+    await hub.ticks(range(1800, 1800 + culling.STOP_RETRY_S, 60), "ida/")  # the stop takes its time
     assert hub.stops == [("ida/", "gpu-idle")]
     assert counted("gpuhub_servers_culled_total", "gpu-idle") == culled + 1
     assert hub.ops.stop_reason("ida/") == "gpu-idle"  # the spawner's stop() learns why it stops
@@ -272,7 +272,7 @@ async def test_a_stop_the_hub_did_not_take_is_tried_again_at_the_next_tick(make_
     await hub.tick(1860)
     assert hub.stops == [("rex/", "gpu-idle")] * 2
     assert hub.ops.stop_reason("rex/") == "gpu-idle"
-    await hub.ticks(range(1920, 2400, 60), "rex/")
+    await hub.ticks(range(1920, 1860 + culling.STOP_RETRY_S, 60), "rex/")
     assert len(hub.stops) == 2
 
 
@@ -463,3 +463,77 @@ async def test_budgets_are_read_at_the_very_first_instant_of_their_period(make_h
     await hub.tick(midnight)
     assert hub.stops == [] and hub.ops.notice("tom/") is None
     assert await hub.ops.exhausted("tom", [daily], 1) == {}
+
+
+# Stops under way while the world moves on (review findings)
+
+
+async def test_a_server_restarted_while_another_is_being_stopped_is_not_stopped_for_its_old_self(make_hub):
+    hub = make_hub()
+    hub.start("ann/", ["GPU-aaaa"], GPU_IDLE_30M)
+    hub.start("bob/", ["GPU-cccc"], GPU_IDLE_30M)
+    await hub.ticks(range(0, 1800, 60), "ann/")
+
+    async def slow_stop(owner, reason):  # while ann's stop is in flight, bob stops and starts again
+        hub.stops.append((owner, reason))
+        if owner == "ann/" and "bob/" in hub.leases:
+            hub.end("bob/")
+            hub.clock.now += 1
+            hub.start("bob/", ["GPU-cccc"], GPU_IDLE_30M)
+        return True
+
+    hub.ops.stop_server = slow_stop
+    await hub.tick(1800)
+    assert hub.stops == [("ann/", "gpu-idle")]
+    assert hub.ops.stop_reason("bob/") == "user"  # nothing pending for bob's new server
+    assert hub.ops.watches["bob/"].stopping is False
+
+
+async def test_a_stop_reason_left_by_a_stop_the_hub_never_made_does_not_follow_the_next_start(make_hub):
+    hub = make_hub()
+    hub.start("cy/", ["GPU-aaaa"], GPU_IDLE_30M)
+    await hub.ticks(range(0, 1801, 60), "cy/")
+    assert hub.stops == [("cy/", "gpu-idle")]
+    # The hub answered 204 without calling the spawner's stop (it found the server already gone):
+    hub.end("cy/", "crashed")
+    hub.start("cy/", ["GPU-aaaa"], GPU_IDLE_30M)
+    assert hub.ops.stop_reason("cy/") == "user"
+
+
+async def test_one_servers_unprintable_limit_does_not_stop_enforcement_for_the_others(make_hub):
+    hub = make_hub()
+    hub.start("far/", ["GPU-aaaa"], Limits(max_runtime=1e15))  # validation caps this now; a watch may still hold it
+    hub.start("bob/", ["GPU-cccc"], GPU_IDLE_30M)
+    await hub.ticks(range(0, 1801, 60), "bob/")
+    assert hub.stops == [("bob/", "gpu-idle")]
+
+
+async def test_a_budget_database_failure_leaves_the_other_limits_enforced(make_hub):
+    hub = make_hub(quotas=lambda user: {"students": STUDENTS})
+    hub.start("dee/", ["GPU-aaaa"], GPU_IDLE_30M, charged_to="students")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    hub.ops.store.used_hours = broken
+    await hub.ticks(range(0, 1801, 60), "dee/")
+    assert hub.stops == [("dee/", "gpu-idle")]
+
+
+async def test_a_hung_nvml_sample_times_out_and_no_device_counts_as_idle(make_hub, monkeypatch):
+    import threading
+
+    from spawner import operations
+
+    monkeypatch.setattr(operations, "SAMPLE_TIMEOUT_S", 0.2)
+    hub = make_hub()
+    hub.ops.interval = 0.01
+    hub.start("hal/", ["GPU-aaaa"], GPU_IDLE_30M)
+    release = threading.Event()
+    hub.ops.sampler.sample = lambda devices: release.wait(10) and {}
+    try:
+        await hub.ticks(range(0, 2400, 60), "hal/")
+    finally:
+        release.set()
+    assert hub.stops == [] and hub.ops.readings == {}
+    assert hub.ops.watches["hal/"].gpu_idle_since is None

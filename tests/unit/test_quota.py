@@ -175,3 +175,45 @@ def test_a_cpu_start_ignores_used_up_budgets():
     all_used_up = {"students": STUDENTS_USED_UP, "researchers": RESEARCHERS_USED_UP, DEFAULT_SOURCE: "x"}
     d = quota.decide(budgeted(), "cpu", 0, 0, {}, exhausted=all_used_up)
     assert d.allowed and d.charged_to == "researchers" and d.priority == 10
+
+
+# --- the written form (GET /hub/api/gpuhub/quotas shows quotas as admins write them) ----------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"profiles": ["mig", "cpu"], "max_devices_per_user": 1, "gpu_hours_per_user": "20/week"},
+        {"profiles": "*", "max_devices_per_group": None, "priority": -3, "gpu_hours_per_group": "0.015/day"},
+        {"gpu_hours_per_user": {"hours": 1234567, "period": "month"}, "gpu_hours_per_group": None},
+        {},
+    ],
+)
+def test_a_parsed_quota_written_back_parses_to_the_same_values(value):
+    parsed = quota.parse(value, "test")
+    assert quota.parse(quota.written(parsed), "test") == parsed
+    assert set(quota.written(parsed)) == set(value)
+
+
+def test_written_form_sorts_profiles_and_writes_budgets_as_admins_do():
+    parsed = quota.parse({"profiles": ["mig", "cpu"], "gpu_hours_per_user": {"hours": 20.0, "period": "week"}}, "t")
+    assert quota.written(parsed) == {"profiles": ["cpu", "mig"], "gpu_hours_per_user": "20/week"}
+
+
+def test_a_whole_quota_written_shows_every_key_with_what_unset_means():
+    assert quota.written_quota(quota.Quota(DEFAULT_SOURCE)) == {
+        "profiles": "*",
+        "max_devices_per_user": None,
+        "max_devices_per_group": None,
+        "priority": 0,
+        "gpu_hours_per_user": None,
+        "gpu_hours_per_group": None,
+    }
+
+
+def test_a_group_quota_is_its_config_overridden_key_by_key_by_its_property():
+    q = quota.group_quota("students", {"profiles": ["cpu"], "max_devices_per_user": 1}, {"max_devices_per_user": 3})
+    assert q.source == "students" and q.profiles == frozenset({"cpu"}) and q.max_devices_per_user == 3
+    assert quota.group_quota("nobody", None, None) is None
+    with pytest.raises(QuotaError, match="property 'gpuhub'"):
+        quota.group_quota("students", {"priority": 1}, {"priority": "high"})

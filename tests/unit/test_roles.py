@@ -7,7 +7,7 @@ from jupyterhub.user import User
 from traitlets import Any
 from traitlets.config import Configurable
 
-from spawner import courses, roles, staff_roles
+from spawner import courses, hub_api, roles, staff_roles
 
 ML = {"title": "ML", "instructors": ["alice", "ghost", "group:ml-tas"], "source": {"volume": True}}
 LOG = logging.getLogger("test")
@@ -51,7 +51,12 @@ def test_the_roles_at_sign_in_keep_user_and_admin_and_add_only_the_courses_namin
         groups={"ml-tas"},
     )
     assert [r["name"] for r in roles.login_roles("alice", False, defaults, found)] == ["user", "instructor-ml101"]
-    assert [r["name"] for r in roles.login_roles("bob", True, defaults, found)] == ["user", "admin", "instructor-cv"]
+    assert [r["name"] for r in roles.login_roles("bob", True, defaults, found)] == [
+        "user",
+        "admin",
+        roles.ADMIN_EXTRA,  # gpuhub's scopes, which JupyterHub's admin role cannot be given
+        "instructor-cv",
+    ]
     # a `users` list would make JupyterHub reset the role's other instructors to it
     assert all(set(r) == {"name", "description", "scopes"} for r in roles.login_roles("alice", True, defaults, found))
 
@@ -65,6 +70,7 @@ def hub_db():
     Made in the thread that uses it: an in-memory SQLite database is one per thread, and async
     tests run in a thread of their own (conftest).
     """
+    scopes.define_custom_scopes(hub_api.CUSTOM_SCOPES)  # as the hub does at start (c.JupyterHub.custom_scopes)
     session = orm.new_session_factory("sqlite://")()
     for spec in hub_roles.get_default_roles():
         hub_roles.create_role(session, spec, commit=False)
@@ -178,9 +184,10 @@ async def test_managed_roles_at_start_are_lab_admin_by_group_and_the_courses_ins
     auth = authenticator(session, lab_admin_group="uni:hpc")
     assert auth.manage_roles and auth.reset_managed_roles_on_startup
     managed = await auth.load_managed_roles()
-    assert [r["name"] for r in managed] == ["lab-admin", "instructor-ml101"]
+    assert [r["name"] for r in managed] == ["lab-admin", roles.ADMIN_EXTRA, "instructor-ml101"]
     assert managed[0]["groups"] == ["uni:hpc"] and managed[0]["users"] == []
-    assert managed[1]["users"] == ["alice"] and managed[1]["groups"] == []
+    assert managed[1]["users"] == [] and managed[1]["scopes"] == roles.GPUHUB_ADMIN_SCOPES  # no admins yet
+    assert managed[2]["users"] == ["alice"] and managed[2]["groups"] == []
     assert session.info.get("gpuhub.staff_roles.watched")  # changes are followed from now on
 
 
@@ -188,7 +195,10 @@ async def test_with_a_shared_password_no_staff_role_is_given_and_old_ones_are_re
     session = orm.new_session_factory("sqlite://")()
     auth = staff_roles.SharedPasswordStaffless(parent=FakeHub(db=session))
     assert auth.manage_roles and auth.reset_managed_roles_on_startup and not auth.give_staff_roles
-    assert await auth.load_managed_roles() == []
+    session.add(orm.User(name="boss", admin=True))
+    session.commit()
+    # Only the admins' gpuhub role: admins prove who they are with the admin password.
+    assert await auth.load_managed_roles() == [roles.admin_extra_role(["boss"])]
     assert "roles" not in await auth.run_post_auth_hook(None, {"name": "alice", "admin": None})
     assert not session.info.get("gpuhub.staff_roles.watched")
 
@@ -212,7 +222,7 @@ async def test_signing_in_resyncs_the_users_own_roles_and_keeps_user_and_admin()
     assert {r.name for r in alice.roles} == {"user", "instructor-ml101"}
     model = await auth.run_post_auth_hook(None, {"name": "boss", "admin": None})
     User(boss, settings={"config_role_names": []}).sync_roles(model["roles"])
-    assert {r.name for r in boss.roles} == {"user", "admin"}
+    assert {r.name for r in boss.roles} == {"user", "admin", roles.ADMIN_EXTRA}
     # a first sign-in: not in the database yet, already named by a course
     model = await auth.run_post_auth_hook(None, {"name": "newbie", "admin": False})
     assert [r["name"] for r in model["roles"]] == ["user", "instructor-ml101"]

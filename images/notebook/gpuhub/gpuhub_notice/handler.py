@@ -19,9 +19,11 @@ class NoticeHandler(APIHandler):
     """
 
     auth_resource = "gpuhub_notice"
-    # Every open tab polls this. Counting the polls as activity would keep the server
-    # "active" for JupyterHub (and any culler) as long as a tab is open, which is
-    # exactly the idleness the notice warns about.
+    # Every open tab polls this: the server itself must not count the polls as its own
+    # activity (its /api/status). The proxy still sees each request, and JupyterHub's
+    # last_activity follows the proxy, so an open tab keeps a server "active" for
+    # activity-based culling anyway (JupyterLab's own polling does the same); only
+    # GPU-idle culling, which reads the GPU, sees through an open tab.
     _track_activity = False
 
     def initialize(self, notice: HubNotice) -> None:
