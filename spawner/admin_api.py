@@ -256,6 +256,10 @@ class QuotasHandler(GPUHubAdminHandler):
 
 
 class QuotaHandler(GPUHubAdminHandler):
+    def profile_slugs(self) -> set[str]:
+        listed = self.settings["config"].GPUDockerSpawner.get("profile_list", [])
+        return {p["slug"] for p in listed if isinstance(p, dict) and isinstance(p.get("slug"), str)}
+
     @requires(MANAGE)
     async def put(self, name: str):
         group = orm.Group.find(self.db, name)
@@ -263,9 +267,14 @@ class QuotaHandler(GPUHubAdminHandler):
             raise web.HTTPError(404, f"no group named {name!r}")
         body = self.get_json_body()
         try:
-            new = quota.written(quota.parse(body, f"group {name!r}"))
+            parsed = quota.parse(body, f"group {name!r}")
         except quota.QuotaError as e:
             raise web.HTTPError(400, str(e)) from None
+        # As the GPU file's quotas are checked at hub start: a slug no profile has is a typo.
+        missing = (parsed.get("profiles") or set()) - self.profile_slugs()
+        if missing and self.profile_slugs():
+            raise web.HTTPError(400, f"quota of group {name!r} names unknown profile(s): {', '.join(sorted(missing))}")
+        new = quota.written(parsed)
         props = dict(group.properties or {}) if isinstance(group.properties, dict) else {}
         old = props.get(quota.PROPERTY)
         if old != (new or None):  # the same quota again is no change: nothing to write or record

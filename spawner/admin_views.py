@@ -7,6 +7,7 @@ holder; queue entries and groups the caller may not read are left out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -47,7 +48,7 @@ def gpu_map(
                 "mig": d.is_mig,
                 "devices": [],
             }
-        reasons = list(quarantine.get(d.uuid, ()))
+        reasons = [_redacted(r, may_read) for r in quarantine.get(d.uuid, ())]
         gpu["devices"].append(
             {
                 "uuid": d.uuid,
@@ -177,23 +178,13 @@ def budgets_json(
     return out
 
 
-def merge_usage(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Several `UsageStore.usage` answers (one per group charged) as one, keyed alike and summed.
+_CONTAINER_OF = re.compile(r"^(container \S+ of )([^:/\s]+)(/[^:\s]*)?(:.*)$")
 
-    A lease is charged to one group only, so lease counts add up exactly.
-    """
-    merged: dict[str, dict[str, Any]] = {}
-    for rows in parts:
-        for row in rows:
-            into = merged.setdefault(row["key"], {"key": row["key"], "gpu_hours": 0.0, "leases": 0, "by_reason": {}})
-            into["gpu_hours"] += row["gpu_hours"]
-            into["leases"] += row["leases"]
-            for reason, hours in row["by_reason"].items():
-                into["by_reason"][reason] = into["by_reason"].get(reason, 0.0) + hours
-    answer = []
-    for row in merged.values():
-        row["gpu_hours"] = round(row["gpu_hours"], 4)
-        row["by_reason"] = {r: round(h, 4) for r, h in sorted(row["by_reason"].items())}
-        answer.append(row)
-    answer.sort(key=lambda a: (-a["gpu_hours"], a["key"]))
-    return answer
+
+def _redacted(reason: str, may_read: Callable[[str], bool]) -> str:
+    """A quarantine reason names the container's owner ("container ab12 of ann/: ..."): not to a caller
+    who may not see ann's servers, as the holder itself is hidden from them."""
+    m = _CONTAINER_OF.match(reason)
+    if m is None or may_read(m.group(2)):
+        return reason
+    return f"{m.group(1)}another user{m.group(4)}"

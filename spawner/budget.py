@@ -47,11 +47,18 @@ def parse(value: Any, where: str) -> Budget:
         hours, period = float(m.group(1)), m.group(2)
     else:
         raise BudgetError(f"{where} must be GPU-hours per period such as '20/week', got {value!r}")
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
-        raise BudgetError(f"{where}: hours must be a number >= 0, got {hours!r}")
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not _finite(hours) or hours < 0:
+        raise BudgetError(f"{where}: hours must be a number >= 0, got {hours!r}"[:200])
     if period not in PERIODS:
         raise BudgetError(f"{where}: period must be one of {', '.join(PERIODS)}, got {period!r}")
     return Budget(float(hours), period)
+
+
+def _finite(n: float) -> bool:
+    try:
+        return math.isfinite(n)
+    except OverflowError:  # an int too large for a float (JSON allows any length)
+        return False
 
 
 def duration(value: Any, where: str) -> float:
@@ -59,6 +66,8 @@ def duration(value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise BudgetError(f"{where} must be a duration such as 30m or 2h, got {value!r}")
     if isinstance(value, (int, float)):
+        if not _finite(value):
+            raise BudgetError(f"{where} must be a finite duration such as 30m or 2h, got {value!r}"[:200])
         seconds = float(value)
     elif isinstance(value, str) and _DURATION.match(value):
         m = _DURATION.match(value)

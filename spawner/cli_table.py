@@ -31,11 +31,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def csv_cell(value: Any) -> str:
+    """One CSV cell, safe to open in a spreadsheet (the console's export uses it too)."""
+    text = "" if value is None else str(value)
+    # A cell a spreadsheet would run as a formula (a user or group named "=cmd|...") is quoted as text.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def csv_text(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(headers)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(h) for h in headers])
+    writer.writerows([[csv_cell(c) for c in row] for row in rows])
     return buf.getvalue().rstrip("\n")
 
 

@@ -23,7 +23,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from . import admin_api, admin_views, usage
+from . import admin_api, usage
 from .roles import MANAGE, READ_USAGE, VIEW
 
 CUSTOM_SCOPES = {
@@ -97,25 +97,24 @@ class UsageHandler(APIHandler):
         if not every and VIEW not in self.parsed_scopes:
             raise web.HTTPError(403, f"reading GPU usage needs the {READ_USAGE} scope (lab admins have it)")
         args = {k: self.get_argument(k, None) for k in ("since", "until", "by", "user", "group", "profile", "device")}
-        groups = [args["group"]]  # the groups whose records are read (None: every record)
-        if not every:  # an instructor: only records charged to groups they may read
+        users: str | frozenset | None = args["user"]
+        if not every:  # an instructor: only the records of members of the groups they may read (their course)
             readable = self.get_scope_filter("read:groups")
-            groups = [g.name for g in self.db.query(orm.Group).order_by(orm.Group.name) if readable(g, kind="group")]
-            if args["group"] is not None:
-                if args["group"] not in groups:
-                    raise web.HTTPError(403, f"you may not read the usage of group {args['group']!r}")
-                groups = [args["group"]]
+            members = frozenset(u.name for g in self.db.query(orm.Group) if readable(g, kind="group") for u in g.users)
+            if users is not None and users not in members:
+                raise web.HTTPError(403, f"you may not read the usage of {users!r}: not in a group you may read")
+            users = members if users is None else users
         try:
             since, until = usage.parse_period(args["since"], args["until"], time.time())
             by = args["by"] or "user"
-            filters = {"user": args["user"], "profile": args["profile"], "device": args["device"]}
+            filters = {"user": users, "charged_to": args["group"], "profile": args["profile"], "device": args["device"]}
             if by not in usage.BREAKDOWNS:
                 raise usage.UsageError(f"cannot break usage down by {by!r}; use one of {', '.join(usage.BREAKDOWNS)}")
             svc = await _service(self)
             store = svc.ops.store
 
             def read():
-                return admin_views.merge_usage(store.usage(since, until, by, charged_to=g, **filters) for g in groups)
+                return store.usage(since, until, by, **filters)
 
             if store is None:
                 raise usage.UsageError("GPU usage records are off on this hub")

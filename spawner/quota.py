@@ -12,8 +12,9 @@ A quota is a mapping with any of these keys:
 Where quotas come from, for one user:
 1. `c.GPUQuota.default` applies to everyone.
 2. Each of the user's groups that has a quota in `c.GPUQuota.groups` or in its
-   JupyterHub group properties under `gpuhub` (set at runtime by lab admins with
-   `PUT /hub/api/groups/{name}/properties`). Properties override config key by key.
+   JupyterHub group properties under `gpuhub` (set at runtime by lab admins through
+   `PUT /hub/api/gpuhub/quotas/{name}`, which checks and records them). Properties override
+   config key by key.
 
 How several quotas combine: a user may start a profile if *any* of their quotas
 allows it. The spawn is charged to an allowing quota with room left (groups before

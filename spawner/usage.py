@@ -217,7 +217,8 @@ class UsageStore:
         """GPU hours in [since, until] by `by` (a key of BREAKDOWNS), optionally filtered (keys of FILTERS).
 
         Each answer row: {"key", "gpu_hours" (4 places), "leases" (distinct), "by_reason" ({reason: hours},
-        open rows under "running")}, the most hours first, then by key. A `None` filter is no filter.
+        open rows under "running")}, the most hours first, then by key. A `None` filter is no filter; a
+        frozenset of strings matches any of them.
         """
         if by not in BREAKDOWNS:
             raise UsageError(f"cannot break usage down by {by!r}; use one of {', '.join(BREAKDOWNS)}")
@@ -267,6 +268,9 @@ class UsageStore:
             if name not in FILTERS:
                 raise UsageError(f"unknown filter {name!r}; use one of {', '.join(FILTERS)}")
             if value is None:
+                continue
+            if isinstance(value, frozenset) and all(isinstance(v, str) for v in value):  # any of these
+                where.append(FILTERS[name].in_(sorted(value)))
                 continue
             if not isinstance(value, str):
                 raise UsageError(f"filter {name} must be a string, not {value!r}")

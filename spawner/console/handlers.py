@@ -91,9 +91,9 @@ class PageHandler(ConsoleHandler):
 class APIHandler(ConsoleHandler):
     """JSON in and out; every request needs a signed-in caller holding the view scope."""
 
-    def check_xsrf_cookie(self):
-        # Refusing an unprotected cookie is HubOAuth's job (in `prepare`): it then sees no user.
-        return
+    # No check_xsrf_cookie here: HubOAuth calls HubAuthenticated's own before it accepts a cookie
+    # on a write (a token in the Authorization header needs none), so a cross-site form post that
+    # carries the lab admin's cookie but not the X-XSRFToken header is signed in as nobody.
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json; charset=utf-8")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import budget, usage
+from ..cli_table import csv_cell
 
 BREAKDOWNS = ("user", "group", "profile", "device", "model", "reason")
 CULLED = "gpu-idle"  # the end reason of servers stopped by GPU-idle culling
@@ -83,34 +84,34 @@ def budgets(quotas: Mapping[str, Any]) -> list[dict[str, Any]]:
         whole = spent.get("group")
         if whole:
             limit = _limit(whole.get("budget"))
-            used = float(whole.get("used_hours") or 0)
+            used = _hours(whole.get("used_hours"))
             found.append(_budget_row(group["name"], "group", "", whole, used, limit))
         each = spent.get("user")
         if each:
             limit = _limit(each.get("budget"))
             for member in each.get("members") or []:
-                used = float(member.get("used_hours") or 0)
+                used = _hours(member.get("used_hours"))
                 found.append(_budget_row(group["name"], "user", member.get("user", ""), each, used, limit))
     return found
 
 
-def _budget_row(group: str, scope: str, user: str, spec: Mapping[str, Any], used: float, limit: float | None):
+def _hours(value: Any) -> float | None:
+    """The hub's used hours; None where it could not read them (usage records off or unreachable)."""
+    return None if value is None else float(value)
+
+
+def _budget_row(group: str, scope: str, user: str, spec: Mapping[str, Any], used: float | None, limit: float | None):
+    known = used is not None and limit is not None
     return {
         "group": group,
         "scope": scope,
         "user": user,
         "budget": spec.get("budget"),
-        "used_hours": round(used, 4),
-        "left_hours": None if limit is None else round(max(0.0, limit - used), 4),
-        "percent_used": None if not limit else round(min(100.0, 100 * used / limit), 1),
+        "used_hours": None if used is None else round(used, 4),  # unknown is not "nothing used"
+        "left_hours": round(max(0.0, limit - used), 4) if known else None,
+        "percent_used": round(min(100.0, 100 * used / limit), 1) if known and limit else None,
         "refills_at": spec.get("refills_at"),
     }
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # A cell a spreadsheet would run as a formula (a user or group named "=cmd|...") is quoted as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def usage_csv(answer: Mapping[str, Any]) -> str:
@@ -124,7 +125,7 @@ def usage_csv(answer: Mapping[str, Any]) -> str:
         by_reason = r.get("by_reason") or {}
         writer.writerow(
             [
-                _cell(r.get("key")),
+                csv_cell(r.get("key")),
                 f"{float(r.get('gpu_hours') or 0):.4f}",
                 r.get("leases", ""),
                 answer.get("since") or "",

@@ -152,10 +152,13 @@ def test_an_instructor_sees_only_their_course_holders_groups_and_usage(admin_hub
     assert [g["name"] for g in teacher.ok("GET", "/quotas")["groups"]] == [COURSE]
     everything = [g["name"] for g in lab.ok("GET", "/quotas")["groups"]]
     assert {COURSE, "students", "lab-admins", EDIT_GROUP} <= set(everything)
-    # Usage: only records charged to groups the instructor may read (the GPUs are charged to "students").
-    assert any(row["key"] == PUPIL for row in lab.ok("GET", "/usage", params={"by": "user"})["rows"])
-    assert teacher.ok("GET", "/usage", params={"by": "user"})["rows"] == []
-    assert teacher("GET", "/usage", params={"group": "students"}).status_code == 403
+    # Usage: the records of the course's members, whichever group their GPU is charged to ("students"),
+    # and nobody else's.
+    everyone = {row["key"] for row in lab.ok("GET", "/usage", params={"by": "user"})["rows"]}
+    assert {PUPIL, OTHER} <= everyone
+    assert {row["key"] for row in teacher.ok("GET", "/usage", params={"by": "user"})["rows"]} == {PUPIL}
+    assert teacher("GET", "/usage", params={"user": OTHER}).status_code == 403
+    assert [r["key"] for r in teacher.ok("GET", "/usage", params={"by": "group"})["rows"]] == ["students"]
     assert teacher.ok("GET", "/usage", params={"by": "reason", "group": COURSE})["rows"] == []
     reasons = lab.ok("GET", "/usage", params={"by": "reason", "group": "students"})["rows"]
     assert [r["key"] for r in reasons] == ["running"]
@@ -261,6 +264,8 @@ def test_a_lab_admin_edits_a_quota_and_the_next_start_obeys_it(admin_hub, docker
         ({"priority": True}, "priority"),
         ({"gpu_hours_per_user": "lots"}, "gpu_hours_per_user"),
         ({"gpu_hours_per_group": "5/fortnight"}, "period"),
+        ({"profiles": ["cpu", "gpu-typo"]}, "unknown profile(s): gpu-typo"),  # as the GPU file is checked
+        ('{"gpu_hours_per_user": {"hours": 1' + "0" * 400 + ', "period": "week"}}', "gpu_hours_per_user"),
     ],
 )
 def test_an_invalid_quota_edit_is_a_one_line_400_that_changes_nothing(admin_hub, body, words):

@@ -122,6 +122,22 @@ def test_an_invalid_edit_shows_the_hubs_error_and_changes_nothing(hub, lab, brow
     DENIED.append("console: malformed quota edit -> 400, nothing changed")
 
 
+def test_a_cross_site_write_with_the_lab_admins_cookie_but_no_xsrf_header_is_refused(hub, lab, browser_page):
+    """What another web page could make a signed-in lab admin's browser send: the cookie, no header."""
+    before, audit_before = quota_of(hub, ch.GPU_GROUP), lab("GET", "/gpuhub/audit").json()["entries"]
+    page = browser_page
+    open_console(page, hub, ch.LAB_ADMIN, "quotas")
+    r = page.request.put(
+        f"{hub.url}{ch.CONSOLE}api/quotas/{ch.GPU_GROUP}",
+        data='{"max_devices_per_user": 0}',
+        headers={"Content-Type": "application/json", "Origin": "https://evil.example"},
+    )
+    assert r.status in (401, 403), (r.status, r.text())
+    assert quota_of(hub, ch.GPU_GROUP) == before
+    assert lab("GET", "/gpuhub/audit").json()["entries"] == audit_before
+    DENIED.append(f"console: cookie write without X-XSRFToken -> {r.status}")
+
+
 def test_the_queue_shows_a_waiter_and_a_lab_admin_removes_it(hub, held, lab, browser_page):
     # Both GPUs held (the course student's two servers, the second one from the quota test): the next
     # GPU start waits.

@@ -137,14 +137,12 @@ def test_budgets_show_the_group_use_and_every_member_most_used_first():
     ]
 
 
-def test_usage_of_several_groups_merges_into_one_answer_by_key():
-    students = [{"key": "ann", "gpu_hours": 2.0, "leases": 1, "by_reason": {"gpu-idle": 2.0}}]
-    course = [
-        {"key": "ann", "gpu_hours": 1.5, "leases": 2, "by_reason": {"gpu-idle": 0.5, "user": 1.0}},
-        {"key": "bob", "gpu_hours": 4.0, "leases": 1, "by_reason": {"running": 4.0}},
-    ]
-    assert admin_views.merge_usage([students, course]) == [
-        {"key": "bob", "gpu_hours": 4.0, "leases": 1, "by_reason": {"running": 4.0}},
-        {"key": "ann", "gpu_hours": 3.5, "leases": 3, "by_reason": {"gpu-idle": 2.5, "user": 1.0}},
-    ]
-    assert admin_views.merge_usage([]) == []
+def test_a_quarantine_reason_names_its_containers_owner_only_to_who_may_see_them():
+    from spawner.admin_views import _redacted
+
+    reason = "container abcdef123456 of ann/train: devices no lease accounts for"
+    assert _redacted(reason, lambda user: user == "ann") == reason
+    assert _redacted(reason, lambda user: False) == (
+        "container abcdef123456 of another user: devices no lease accounts for"
+    )
+    assert _redacted("failed 3 starts in a row", lambda user: False) == "failed 3 starts in a row"

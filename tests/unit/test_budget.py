@@ -183,3 +183,10 @@ def test_a_groups_used_up_budget_names_the_group():
         "group ml101's GPU-hour budget is used up: 512.50 of 500 GPU-hours this month;"
         " it refills Tue 2026-12-01 00:00 UTC"
     )
+
+
+def test_a_number_too_large_for_a_float_is_refused_in_one_line_not_an_overflow():
+    with pytest.raises(budget.BudgetError, match="hours must be a number >= 0"):
+        budget.parse({"hours": 10**400, "period": "week"}, "quota of students: gpu_hours_per_user")
+    with pytest.raises(budget.BudgetError, match="must be a finite duration"):
+        budget.duration(10**400, "profile 'x': max_runtime")

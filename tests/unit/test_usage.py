@@ -478,3 +478,14 @@ def test_a_bad_period_raises_one_line(since, until, message):
     with pytest.raises(UsageError) as e:
         usage.parse_period(since, until, NOW)
     assert str(e.value) == message
+
+
+def test_a_set_of_users_filters_to_any_of_them(tmp_path):
+    """An instructor's view: the records of the course's members, whichever group they were charged to."""
+    store = usage.UsageStore(f"sqlite:///{tmp_path / 'u.sqlite'}", "hub", clock=lambda: 5000.0)
+    for n, user in enumerate(("ann", "bob", "cy")):
+        store.opened([usage.Record(f"l{n}", f"GPU-{n}", user, "", "students", "gpu", "H100", "", 1000.0)])
+        store.closed(f"l{n}", 1000.0 + 3600 * (n + 1), "user")
+    rows = store.usage(0, 100000, "user", user=frozenset({"ann", "cy"}))
+    assert [(r["key"], r["gpu_hours"]) for r in rows] == [("cy", 3.0), ("ann", 1.0)]
+    assert store.usage(0, 100000, "user", user=frozenset()) == []

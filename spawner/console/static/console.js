@@ -75,7 +75,8 @@ function gib(bytes) {
   return (bytes / 1024 ** 3).toFixed(1) + " GiB";
 }
 function hours(h) {
-  return `${Number(h || 0).toFixed(2)} h`;
+  // null: the hub could not read the usage records; unknown is not "nothing used".
+  return h === null ? "unknown" : `${Number(h || 0).toFixed(2)} h`;
 }
 function shortUuid(uuid) {
   return uuid.length > 16 ? uuid.slice(0, 12) + "…" + uuid.slice(-4) : uuid;
@@ -235,11 +236,11 @@ const LABELS = {
 };
 const HINTS = {
   profiles: "slugs, comma-separated, or *",
-  max_devices_per_user: "whole number; empty: no limit",
-  max_devices_per_group: "whole number; empty: no limit",
+  max_devices_per_user: "whole number; none: no limit; empty: as configured",
+  max_devices_per_group: "whole number; none: no limit; empty: as configured",
   priority: "whole number, higher goes first",
-  gpu_hours_per_user: "e.g. 20/week",
-  gpu_hours_per_group: "e.g. 500/month",
+  gpu_hours_per_user: "e.g. 20/week; none: no budget",
+  gpu_hours_per_group: "e.g. 500/month; none: no budget",
 };
 
 function shown(value) {
@@ -249,7 +250,8 @@ function shown(value) {
 }
 
 function asText(value) {
-  if (value === null || value === undefined) return "";
+  if (value === undefined) return "";
+  if (value === null) return "none"; // set here: no limit, whatever the config says
   return Array.isArray(value) ? value.join(", ") : String(value);
 }
 
@@ -258,6 +260,7 @@ function asText(value) {
 function fromForm(key, text) {
   text = text.trim();
   if (text === "") return undefined;
+  if (key !== "profiles" && /^(none|null|unlimited)$/i.test(text)) return null; // as `gpuhub quota set key=none`
   if (key === "profiles") return text === "*" ? "*" : text.split(",").map((p) => p.trim()).filter(Boolean);
   if (key.startsWith("gpu_hours")) return text;
   return /^-?\d+$/.test(text) ? Number(text) : text;
