@@ -9,14 +9,21 @@ import os
 import secrets
 import sys
 
-from spawner import console, gpu_config, hub_api, settings, signin, staff_roles
+from spawner import console, gpu_config, hub_api, inventory, settings, signin, staff_roles, swarm
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 try:
     s = settings.load(os.environ)
-    # Checked now, against this host's GPUs, so a bad profile stops the hub at start.
-    gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"], hub_idle_timeout=s["GPUHUB_IDLE_TIMEOUT"])
+    # Checked now, against this host's GPUs (a Swarm's: every node's), so a bad profile stops the hub at start.
+    _discover = inventory.discover
+    if s["GPUHUB_BACKEND"] == "swarm":
+        from spawner import swarm_engine
+
+        # A generic-resource request on an Engine below 23 would get running GPU tasks killed.
+        swarm.check_generic_request(s["GPUHUB_SWARM_REQUEST_GENERIC_RESOURCES"], swarm_engine.read_nodes())
+        _discover = swarm_engine.cluster_inventory
+    gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"], discover=_discover, hub_idle_timeout=s["GPUHUB_IDLE_TIMEOUT"])
     for _why in gpu["disabled"]:
         print(f"gpuhub: {_why}", file=sys.stderr)
     data_dir = s["GPUHUB_DATA_DIR"]
@@ -26,7 +33,7 @@ try:
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     # --- Sign-in (docs/admin.md: "Sign-in") -----------------------------------------
     signin.configure(c, s, data_dir)
-except (settings.SettingsError, gpu_config.GPUConfigError, signin.SignInError) as e:
+except (settings.SettingsError, gpu_config.GPUConfigError, signin.SignInError, swarm.SwarmConfigError) as e:
     print(f"gpuhub: configuration error: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -76,7 +83,9 @@ else:
     c.StaffRoles.lab_admin_group = s["GPUHUB_LAB_ADMIN_GROUP"]
 
 # --- User servers ----------------------------------------------------------------------
-c.JupyterHub.spawner_class = "gpu-docker"
+c.JupyterHub.spawner_class = (
+    "spawner.swarm_spawner.GPUSwarmSpawner" if s["GPUHUB_BACKEND"] == "swarm" else "spawner.spawner.GPUDockerSpawner"
+)
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.prefix = "gpuhub"
 c.Spawner.default_url = "/lab"
@@ -92,6 +101,8 @@ c.GPUDockerSpawner.gpus = gpu["gpus"]
 c.GPUDockerSpawner.gpu_exclude = gpu["exclude"]
 # The wait queue survives hub restarts and upgrades (docs/gpus.md: "Allocation guarantees").
 c.GPUDockerSpawner.queue_file = os.path.join(data_dir, "gpu-queue.json")
+# Swarm, home-node mode: which node each user's home volume lives on.
+c.GPUSwarmSpawner.homes_file = os.path.join(data_dir, "swarm-homes.json")
 c.GPUQuota.default = gpu["default"]
 c.GPUQuota.groups = gpu["groups"]
 

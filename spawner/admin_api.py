@@ -151,7 +151,7 @@ class LiftHandler(GPUHubAdminHandler):
         if uuid not in svc.ledger.devices:
             raise web.HTTPError(404, f"no GPU device {uuid} on this hub")
         try:
-            lifted = svc.lift(uuid)
+            lifted = await svc.lift_device(uuid)
         except LiftRefused as e:
             raise web.HTTPError(409, str(e)) from None
         await self.record("lift", uuid, {"quarantine": lifted}, {"quarantine": []})

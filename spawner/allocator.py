@@ -79,6 +79,7 @@ class Ledger:
         for d in sorted(self.devices.values(), key=lambda d: d.order):
             self._pools.setdefault(_pool(d), []).append(d)
         self._free: dict[str, list[tuple]] = {p: [d.order for d in ds] for p, ds in self._pools.items()}
+        self._node_of: dict[str, str] = {p: ds[0].node for p, ds in self._pools.items()}
         self._pools_of: dict[Request, tuple[str, ...]] = {}
         self.leases: dict[str, Lease] = {}
         self.by_owner: dict[str, str] = {}  # owner -> lease id
@@ -113,9 +114,19 @@ class Ledger:
         """Devices of this kind that are not quarantined (held or free)."""
         return sum(len(self._pools[p]) - self._blocked_in.get(p, 0) for p in self.pools_for(request))
 
+    def largest(self, request: Request) -> int:
+        """The most devices of this kind one node can hand out (not quarantined): a lease never
+        spans nodes. On a single host this is `usable`."""
+        per_node: dict[str, int] = {}
+        for p in self.pools_for(request):
+            per_node[self._node_of[p]] = (
+                per_node.get(self._node_of[p], 0) + len(self._pools[p]) - self._blocked_in.get(p, 0)
+            )
+        return max(per_node.values(), default=0)
+
     def satisfiable(self, request: Request) -> bool:
         """Could this request be served on this inventory once every lease has ended?"""
-        return self.usable(request) >= request.count
+        return self.largest(request) >= request.count
 
     def pools_for(self, request: Request) -> tuple[str, ...]:
         pools = self._pools_of.get(request)
@@ -170,7 +181,7 @@ class Ledger:
             raise AllocationError(f"{owner} already holds or waits for GPU devices")
         if not self.satisfiable(request):
             raise AllocationError(
-                f"{request.label} can never be served: this host has {self.usable(request)} such device(s)"
+                f"{request.label} can never be served: {_where(self)} {self.largest(request)} such device(s)"
             )
         if arrival is None:
             arrival = next(self._arrival)
@@ -326,12 +337,12 @@ class Ledger:
             if remaining == 0:
                 break
             w = entry.waiter
-            if self.usable(w.request) < w.request.count:
+            if self.largest(w.request) < w.request.count:
                 continue  # unservable while devices are quarantined: it must not hold others up
             pools = [p for p in self.pools_for(w.request) if available.get(p)]
-            usable = sum(available[p] for p in pools)
-            if usable >= w.request.count:
-                chosen = self._take(pools, w.request.count)
+            node_pools = self._one_node(pools, available, w.request.count)
+            if node_pools:
+                chosen = self._take(node_pools, w.request.count)
                 for uuid in chosen:
                     available[_pool(self.devices[uuid])] -= 1
                     self.holder[uuid] = w.lease_id
@@ -351,6 +362,29 @@ class Ledger:
         return granted
 
     # --- internals ---------------------------------------------------------------------------
+    def _one_node(self, pools: list[str], available: dict[str, int], count: int) -> list[str]:
+        """The pools of one node that can serve `count` devices together; [] if no node can.
+
+        Best fit: the node with the fewest such devices free that still has enough, so whole
+        nodes stay free for larger requests. On a single host there is one node, "".
+        """
+        by_node: dict[str, list[str]] = {}
+        for p in pools:
+            by_node.setdefault(self._node_of[p], []).append(p)
+        fits = [
+            (sum(available[p] for p in ps), node, ps)
+            for node, ps in by_node.items()
+            if sum(available[p] for p in ps) >= count
+        ]
+        return min(fits)[2] if fits else []
+
+    def nodes(self) -> dict[str, list[str]]:
+        """node -> its devices' UUIDs (one node, "", on a single host)."""
+        found: dict[str, list[str]] = {}
+        for d in self.devices.values():
+            found.setdefault(d.node, []).append(d.uuid)
+        return found
+
     def _take(self, pools: list[str], count: int) -> tuple[str, ...]:
         """Remove `count` free devices from `pools`, lowest NVML index first (neighbouring GPUs together)."""
         if len(pools) == 1:
@@ -388,4 +422,9 @@ class Ledger:
 
 
 def _pool(device: Device) -> str:
-    return f"mig:{device.mig_profile}" if device.is_mig else f"gpu:{device.model}"
+    kind = f"mig:{device.mig_profile}" if device.is_mig else f"gpu:{device.model}"
+    return f"{device.node}|{kind}" if device.node else kind
+
+
+def _where(ledger: Ledger) -> str:
+    return "this host has" if set(ledger.nodes()) <= {""} else "the largest node has"

@@ -16,6 +16,7 @@ class Device:
     parent: str | None = None  # UUID of the GPU a MIG slice belongs to
     index: int = 0  # NVML index of a whole GPU; a MIG slice's index among its GPU's slices
     parent_index: int = 0  # NVML index of a MIG slice's GPU
+    node: str = ""  # the Swarm node (its id) the device sits on; "" on a single Docker host
 
     @property
     def order(self) -> tuple[int, int, str]:
@@ -41,6 +42,7 @@ class Request:
     count: int = 1
     mig_profile: str | None = None
     model: str | None = None
+    node: str | None = None  # only devices of this Swarm node (the user's home node); None: any node
 
     def __post_init__(self):
         if self.count < 1:
@@ -49,6 +51,8 @@ class Request:
             raise ValueError("a GPU request names a MIG profile or a GPU model, not both")
 
     def accepts(self, device: Device) -> bool:
+        if self.node is not None and device.node != self.node:
+            return False
         if self.mig_profile is not None:
             return device.mig_profile == self.mig_profile
         if device.is_mig:

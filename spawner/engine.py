@@ -38,6 +38,7 @@ class ContainerView:
     created: str = ""  # sortable creation time: at a conflict, the older container is the holder
     oom_killed: bool = False  # the kernel's OOM killer ended it (its memory limit)
     memory_limit: int = 0  # bytes; 0 = none
+    node: str = ""  # the Swarm node it runs (or last ran) on; "" on a single host
 
     @property
     def running(self) -> bool:

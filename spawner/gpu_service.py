@@ -59,6 +59,7 @@ WAIT_SECONDS = Histogram(
 )
 
 HEALTH = "health:"  # quarantine keys for device health, beside container ids
+NODE = "node:"  # quarantine keys for a Swarm node that is down or takes no new servers
 
 
 def owner_key(username: str, server_name: str) -> str:
@@ -113,6 +114,7 @@ class ServiceConfig:
     orphan_grace: float = 300
     start_failures_to_quarantine: int = 3
     queue_resume_timeout: float = 300
+    node_settle: float = 30  # a node back from Down is trusted after its tasks reported this long
 
 
 class GPUService:
@@ -145,6 +147,9 @@ class GPUService:
         self._queue_dirty = asyncio.Event()
         self._end_reason: dict[str, str] = {}  # container id -> why it is going away (usage records)
         self.ended: dict[str, tuple[str, float, str]] = {}  # owner -> (end reason, when, words) of its last container
+        self.nodes: dict = {}  # Swarm node id -> swarm.NodeView, as the manager said at the last look
+        self._node_down_since: dict[str, float] = {}  # node id -> when it was first seen not taking servers
+        self._node_back_since: dict[str, float] = {}  # node id -> when it was first seen ready again
         # Telemetry, usage records, budgets and culling; built with the service, started once it is ready.
         self.ops = ops(self) if ops else Operations(devices=self._devices, leases=self._leases, log=self.log)
 
@@ -164,10 +169,12 @@ class GPUService:
                 inventory = await asyncio.get_running_loop().run_in_executor(None, self.load_inventory)
                 self._log_inventory(inventory)
                 ledger = Ledger(inventory.devices)
+                nodes = await self._read_nodes()
                 listed = await self.engine.list(self._hub_labels())
                 self.inventory, self.ledger = inventory, ledger
                 self._quarantine_unhealthy(inventory)
                 self._account(listed, "rebuilt from the engine")
+                self._apply_nodes(nodes, rebuilt=True)
                 self.ops.rebuilt({lease.id for lease in ledger.leases.values() if lease.container})
                 self._restore_queue()
                 self._wake(ledger.dispatch())
@@ -219,7 +226,8 @@ class GPUService:
             yield w.owner, w.request.count, w.charged_to
 
     def usable(self, request: Request) -> int:
-        return self.ledger.usable(request) if self.ledger else 0
+        """How many such devices one node can hand out at all (a lease never spans nodes)."""
+        return self.ledger.largest(request) if self.ledger else 0
 
     def reserve(self, owner: str, username: str, admit: Callable[[Usage], SpawnPlan | Refusal]) -> Ticket | Refusal:
         """Decide and reserve in one step: no await between admission and the ledger entry."""
@@ -450,6 +458,7 @@ class GPUService:
     # --- reconcile: compare the ledger with the engine -------------------------------------------
     async def reconcile(self) -> None:
         ledger = self.ledger
+        nodes = await self._read_nodes()
         listed = await self.engine.list(self._hub_labels())
         seen = {c.id for c in listed}
         unlisted = [cid for cid in list(ledger.by_container) + list(ledger.quarantine) if cid not in seen]
@@ -470,6 +479,7 @@ class GPUService:
                 )
                 self._release(lease.id)
         self._account(listed, "reconciled with the engine")
+        self._apply_nodes(nodes)
         self._remove_orphans(listed)
         self._expire_restored()
         self._wake(ledger.dispatch())
@@ -567,6 +577,92 @@ class GPUService:
             self.log.warning("gpuhub: could not remove orphan container %s (%s); will retry", c.id[:12], e)
         finally:
             self._removing.discard(c.id)
+
+    # --- Swarm nodes: a node that is down makes its leases stale -------------------------------------
+    async def _read_nodes(self) -> dict | None:
+        """The manager's nodes by id; None on a single host (its engine has no nodes)."""
+        read = getattr(self.engine, "nodes", None)
+        if read is None:
+            return None
+        return {n.id: n for n in await read()}
+
+    def _apply_nodes(self, nodes: dict | None, rebuilt: bool = False) -> None:
+        """Block the devices of nodes that take no servers; unblock a node once it has been back a while.
+
+        Leases on a node that went down are *stale*: they stay in the ledger, and their devices go to
+        nobody, until the node returns and the manager has heard from it for `node_settle` seconds
+        (so its tasks' states are its own again, and reconcile has checked them) or a lab admin
+        releases them. A lease whose service was removed meanwhile ends; its devices stay blocked
+        with the node until then, because its container may still run there.
+        """
+        if nodes is None:
+            return
+        self.nodes = nodes
+        ledger = self.ledger
+        now = self.clock()
+        for node_id, uuids in ledger.nodes().items():
+            if not node_id:
+                continue
+            key = NODE + node_id
+            view = nodes.get(node_id)
+            if view is not None and view.takes_servers:
+                self._node_down_since.pop(node_id, None)
+                if key not in ledger.quarantine:
+                    continue
+                back = self._node_back_since.setdefault(node_id, now)
+                if rebuilt or now - back >= self.config.node_settle:
+                    ledger.lift_quietly(key)
+                    self._node_back_since.pop(node_id, None)
+                    self.log.warning("gpuhub: node %s is back and checked; its devices are in use again", view.name)
+                continue
+            self._node_back_since.pop(node_id, None)
+            since = self._node_down_since.setdefault(node_id, time.time())
+            what = "is gone from the swarm" if view is None else _node_state(view)
+            name = view.name if view is not None else node_id[:12]
+            reason = f"node {name} {what} (since {time.strftime('%H:%M:%S', time.gmtime(since))} UTC)"
+            stale = [ledger.leases[ledger.holder[u]].owner for u in uuids if u in ledger.holder]
+            if key not in ledger.quarantine or ledger.quarantine[key][1] != reason:
+                ledger.block(key, uuids, reason)
+                self.log.error(
+                    "gpuhub: %s: its devices go to nobody; stale leases (kept, not reissued): %s",
+                    reason,
+                    ", ".join(sorted(set(stale))) or "none",
+                )
+
+    def stale(self, owner: str) -> bool:
+        """Whether this owner's lease is on a node that is down (kept, not trusted, not reissued)."""
+        lease = self.ledger.lease_of(owner) if self.ledger else None
+        if lease is None:
+            return False
+        return any(k.startswith(NODE) for u in lease.devices for k in self.ledger.blocked_by(u))
+
+    async def release_node(self, node_id: str) -> list[str]:
+        """A lab admin says a down node's servers are gone for good: remove their services (the
+        manager forgets them; the node's agent stops their containers if it ever returns), end
+        their leases and give the node's devices out again. Returns the owners released."""
+        key = NODE + node_id
+        ledger = self.ledger
+        if key not in ledger.quarantine:
+            raise LiftRefused(f"node {node_id[:12]} is not marked down")
+        released = []
+        for lease in [ledger.leases[ledger.holder[u]] for u in ledger.nodes().get(node_id, []) if u in ledger.holder]:
+            if lease.id not in ledger.leases:
+                continue
+            if lease.container:
+                self._end_reason[lease.container] = "admin"
+                with contextlib.suppress(EngineError):
+                    await self.engine.remove(lease.container)
+                self._gone(lease.container)
+            else:
+                self._release(lease.id)
+            released.append(lease.owner)
+        self._wake(ledger.lift(key))
+        self._node_down_since.pop(node_id, None)
+        self._update_metrics()
+        self.log.warning(
+            "gpuhub: node %s released by a lab admin; leases ended: %s", node_id[:12], ", ".join(released) or "none"
+        )
+        return released
 
     # --- inventory health --------------------------------------------------------------------------
     async def rediscover(self) -> None:
@@ -745,8 +841,19 @@ class GPUService:
         checks and the engine's word about unknown containers lift themselves once their cause is gone."""
         blocked = self.ledger.blocked_by(uuid) if self.ledger else {}
         return bool(blocked) and all(
-            key == HEALTH + uuid and reason.startswith(FAILED_STARTS) for key, reason in blocked.items()
+            (key == HEALTH + uuid and reason.startswith(FAILED_STARTS)) or key.startswith(NODE)
+            for key, reason in blocked.items()
         )
+
+    async def lift_device(self, uuid: str) -> list[str]:
+        """A lab admin's lift: a down node's devices (its stale leases end), then a failed-starts quarantine."""
+        blocked = self.ledger.blocked_by(uuid)
+        if blocked and self.liftable(uuid):
+            for key in [k for k in blocked if k.startswith(NODE)]:
+                await self.release_node(key[len(NODE) :])
+            if not self.ledger.blocked_by(uuid):
+                return list(blocked.values())
+        return self.lift(uuid)
 
     def lift(self, uuid: str) -> list[str]:
         """Lift a liftable quarantine (a lab admin fixed its cause); the reasons lifted. Raises LiftRefused."""
@@ -804,6 +911,12 @@ class GPUService:
             DEVICES_HELD.labels(*key).set(held)
             DEVICES_QUARANTINED.labels(*key).set(blocked)
         QUEUE_LENGTH.set(len(ledger.waiting()))
+
+
+def _node_state(view) -> str:
+    if view.state != "ready":
+        return f"is {view.state}"
+    return f"is set to {view.availability} (no new servers)"
 
 
 def _created(text: str) -> float:

@@ -153,6 +153,19 @@ def _claim(text: str) -> str:
     return text
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value == "true"
+
+
+def _abs_path(text: str) -> str:
+    if not text.startswith("/") or "\n" in text:
+        raise ValueError("must be an absolute path")
+    return text.rstrip("/") or "/"
+
+
 def _log_level(text: str) -> str:
     return _choice("DEBUG", "INFO", "WARNING", "ERROR")(text.upper())
 
@@ -302,6 +315,35 @@ SETTINGS: tuple[Setting, ...] = (
         _docker_name,
         "Docker network shared by the hub and the user containers.",
         trait="DockerSpawner.network_name",
+    ),
+    Setting(
+        "GPUHUB_BACKEND",
+        "docker",
+        _choice("docker", "swarm"),
+        "`docker`: one Docker host (`make up`). `swarm`: servers run as services on a Docker Swarm's"
+        ' nodes, placed by gpuhub\'s ledger (`make swarm-up`; docs/admin.md: "More than one GPU server").',
+    ),
+    Setting(
+        "GPUHUB_SWARM_HOME_MODE",
+        "shared-path",
+        _choice("shared-path", "home-node"),
+        "Swarm: `shared-path` keeps homes under GPUHUB_SWARM_HOME_ROOT, mounted on every node;"
+        " `home-node` keeps a user's home volume on one node and runs their servers only there.",
+        trait="GPUSwarmSpawner.home_mode",
+    ),
+    Setting(
+        "GPUHUB_SWARM_HOME_ROOT",
+        "/srv/gpuhub/homes",
+        _abs_path,
+        "Swarm, `shared-path`: the shared folder (NFS, CephFS) mounted at this path on every node and in the hub.",
+        trait="GPUSwarmSpawner.shared_home_root",
+    ),
+    Setting(
+        "GPUHUB_SWARM_REQUEST_GENERIC_RESOURCES",
+        "false",
+        _bool,
+        "Swarm: also request granted GPUs as Swarm generic resources; refused unless every node runs Engine >= 23.",
+        trait="GPUSwarmSpawner.request_generic_resources",
     ),
     Setting(
         "GPUHUB_HUB_CONNECT_IP",

@@ -436,27 +436,39 @@ class GPUDockerSpawner(DockerSpawner):
         """The hub's one GPU service (built on first use, then shared by every spawner)."""
         svc = self._services.get(self.hub_id)
         if svc is None:
-            grace = self.orphan_grace
-            if self.poll_interval <= 0:
-                self.log.warning("gpuhub: Spawner.poll_interval is 0, so orphan containers are never removed")
-                grace = 0
-            elif grace > 0:
-                grace = max(grace, 3 * self.poll_interval)
-            config = ServiceConfig(
-                hub_id=self.hub_id,
-                queue_file=self.queue_file,
-                reconcile_interval=self.reconcile_interval,
-                rediscover_interval=0 if self.gpus else self.rediscover_interval,
-                orphan_grace=grace,
-                start_failures_to_quarantine=self.start_failures_to_quarantine,
-                queue_resume_timeout=self.queue_resume_timeout,
-            )
-            engine = DockerEngine(self.client_kwargs, threads=self.docker_threads)
             svc = self._services[self.hub_id] = GPUService(
-                config, engine, self.load_inventory, log=self.log, ops=self._operations
+                self._service_config(), self._engine(), self.load_inventory, log=self.log, ops=self._operations
             )
         await svc.ready()
         return svc
+
+    def _service_config(self) -> ServiceConfig:
+        grace = self.orphan_grace
+        if self.poll_interval <= 0:
+            self.log.warning("gpuhub: Spawner.poll_interval is 0, so orphan containers are never removed")
+            grace = 0
+        elif grace > 0:
+            grace = max(grace, 3 * self.poll_interval)
+        return ServiceConfig(
+            hub_id=self.hub_id,
+            queue_file=self.queue_file,
+            reconcile_interval=self.reconcile_interval,
+            rediscover_interval=0 if self.gpus else self.rediscover_interval,
+            orphan_grace=grace,
+            start_failures_to_quarantine=self.start_failures_to_quarantine,
+            queue_resume_timeout=self.queue_resume_timeout,
+        )
+
+    def _engine(self):
+        """The engine seam the GPU service talks to: this Docker host."""
+        return DockerEngine(self.client_kwargs, threads=self.docker_threads)
+
+    def _pin(self, plan):
+        """Where a backend narrows the devices a plan may get (a Swarm user's home node)."""
+        return plan
+
+    def _lease_granted(self, lease) -> None:
+        """The start got its devices (a backend may record where they are)."""
 
     def _operations(self, svc: GPUService) -> operations.Operations:
         """Telemetry, usage records, budgets and culling for the hub's GPU service."""
@@ -589,19 +601,21 @@ class GPUDockerSpawner(DockerSpawner):
             exhausted = await svc.ops.exhausted(self.user.name, budgeted, wanted)
 
         def admit(usage: admission.Usage):
-            return admission.admit(
-                username=self.user.name,
-                user_options=options,
-                profile_list=choices,
-                default_image=self._configured_value("image"),
-                home_path=self.home_path,
-                image=image,
-                quota_default=config.default,
-                quota_groups=config.groups,
-                user_groups=groups,
-                usage=usage,
-                usable=svc.usable,
-                exhausted=exhausted,
+            return self._pin(
+                admission.admit(
+                    username=self.user.name,
+                    user_options=options,
+                    profile_list=choices,
+                    default_image=self._configured_value("image"),
+                    home_path=self.home_path,
+                    image=image,
+                    quota_default=config.default,
+                    quota_groups=config.groups,
+                    user_groups=groups,
+                    usage=usage,
+                    usable=svc.usable,
+                    exhausted=exhausted,
+                )
             )
 
         ticket = svc.reserve(self.owner, self.user.name, admit)
@@ -615,6 +629,7 @@ class GPUDockerSpawner(DockerSpawner):
             if ticket.plan.request is not None:
                 lease = await self._wait_for_lease(svc, ticket, from_browser)
                 self._devices = lease.devices
+                self._lease_granted(lease)
             ip, port = await self._start_container(svc, ticket)
             await self._wait_until_answering(ip, port)
             await self._log_course_sync()
@@ -672,7 +687,7 @@ class GPUDockerSpawner(DockerSpawner):
         """Create and start the container for this plan; the lease is bound the moment it exists."""
         await self.pull_image(self.image)
         obj = await self.create_object()
-        self.object_id = obj["Id"]  # no await before binding: a cancelled start still finds it
+        self.object_id = obj[self.object_id_key]  # no await before binding: a cancelled start still finds it
         svc.bind(ticket, self.object_id)
         self.log.info("gpuhub: %s: created %s (%s)", self.owner, self.object_id[:12], ",".join(self._devices) or "CPU")
         try:

@@ -84,9 +84,14 @@ def test_every_trait_the_table_names_is_a_configurable_trait_and_apply_sets_it()
     from jupyterhub.app import JupyterHub
     from traitlets.config import Config
 
-    from spawner import GPUDockerSpawner
+    from spawner import GPUDockerSpawner, GPUSwarmSpawner
 
-    classes = {"JupyterHub": JupyterHub, "DockerSpawner": GPUDockerSpawner, "GPUDockerSpawner": GPUDockerSpawner}
+    classes = {
+        "JupyterHub": JupyterHub,
+        "DockerSpawner": GPUDockerSpawner,
+        "GPUDockerSpawner": GPUDockerSpawner,
+        "GPUSwarmSpawner": GPUSwarmSpawner,
+    }
     named = [s for s in settings.SETTINGS if s.trait]
     assert len(named) >= 10
     for s in named:
