@@ -38,6 +38,7 @@ USER_SUBNET ?= 10.213.0.0/16
 USER_IP_RANGE ?= 10.213.128.0/17
 HUB_IP ?= 10.213.0.2
 
+.PHONY: swarm-up swarm-down test-swarm
 .PHONY: help up down restart logs images notebook-image hub-image test-images test unit lint bench dev-deps \
   build-context clean-build lock readme
 
@@ -45,6 +46,8 @@ help:
 	@echo "make up     - build images, create .env, start gpuhub and print its URL and login"
 	@echo "make down   - stop gpuhub (user homes and hub data are kept)"
 	@echo "make restart - restart the hub only; user servers keep running"
+	@echo "make swarm-up   - on a Swarm manager: deploy gpuhub across the swarm's GPU nodes (docs/admin.md)"
+	@echo "make swarm-down - remove the gpuhub stack (user homes and hub data are kept)"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
 	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead, console pages)"
@@ -86,6 +89,16 @@ up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images)
 
 down:
 	$(COMPOSE) down
+
+# More than one GPU server: the hub on this Swarm manager, user servers on the GPU nodes.
+# Every node needs the notebook image (a registry, or `docker save | docker load`).
+SWARM_STACK ?= gpuhub
+swarm-up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images)
+	@scripts/swarm-up.sh $(ENV_FILE) $(SWARM_STACK)
+	@scripts/wait-and-greet.sh $(ENV_FILE)
+
+swarm-down:
+	docker stack rm $(SWARM_STACK)
 
 # Restart the hub (user servers keep running), e.g. after changing the settings file.
 restart:
@@ -135,6 +148,10 @@ lint: $(VENV)/.installed
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+# The multi-node tests alone (make test runs them too): 3 Swarm nodes, each its own dockerd.
+test-swarm: dev-deps test-images
+	GPUHUB_TEST_IMAGE=$(TEST_NOTEBOOK_IMAGE) $(VENV)/bin/pytest tests/swarm $(PYTEST_ARGS)
 
 test: dev-deps test-images lint
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" GPUHUB_TEST_IMAGE=$(TEST_NOTEBOOK_IMAGE) \

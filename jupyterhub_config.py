@@ -109,6 +109,11 @@ c.GPUQuota.groups = gpu["groups"]
 # --- GPU operations: telemetry, usage records, limits, budgets (docs/gpus.md) --------------
 # Usage records live in the hub's own database, so they follow its choice (SQLite or PostgreSQL).
 c.GPUDockerSpawner.usage_db_url = c.JupyterHub.db_url
+if s["GPUHUB_BACKEND"] == "swarm":
+    # The hub's NVML sees only the manager's GPUs, not the nodes': no readings, so no GPU-idle
+    # culling (time limits, budgets and usage records work as on one host).
+    c.GPUDockerSpawner.telemetry_interval = 0
+    print("gpuhub: Swarm backend: GPU telemetry and GPU-idle culling are off (docs/admin.md)", file=sys.stderr)
 
 
 # gpuhub stops servers for limits and budgets through the hub's REST API, with a token of its own.

@@ -464,11 +464,13 @@ class GPUService:
         unlisted = [cid for cid in list(ledger.by_container) + list(ledger.quarantine) if cid not in seen]
         gone = []
         for cid in unlisted:
-            if cid.startswith(HEALTH):
+            if cid.startswith((HEALTH, NODE)):
                 continue
             if await self.engine.inspect(cid) is None:
                 gone.append(cid)
         # From here on no await: the ledger cannot change under the decisions below.
+        # Nodes first: a lease that ends below must not free devices on a node just seen down.
+        self._apply_nodes(nodes)
         for cid in gone:
             self._gone(cid)
         for lease in list(ledger.leases.values()):
@@ -479,7 +481,6 @@ class GPUService:
                 )
                 self._release(lease.id)
         self._account(listed, "reconciled with the engine")
-        self._apply_nodes(nodes)
         self._remove_orphans(listed)
         self._expire_restored()
         self._wake(ledger.dispatch())
@@ -656,8 +657,11 @@ class GPUService:
             else:
                 self._release(lease.id)
             released.append(lease.owner)
-        self._wake(ledger.lift(key))
-        self._node_down_since.pop(node_id, None)
+        view = self.nodes.get(node_id)
+        if view is not None and view.takes_servers:
+            self._wake(ledger.lift(key))
+            self._node_down_since.pop(node_id, None)
+        # Still down: its devices stay blocked (nothing could run there), its leases are over.
         self._update_metrics()
         self.log.warning(
             "gpuhub: node %s released by a lab admin; leases ended: %s", node_id[:12], ", ".join(released) or "none"
@@ -851,8 +855,9 @@ class GPUService:
         if blocked and self.liftable(uuid):
             for key in [k for k in blocked if k.startswith(NODE)]:
                 await self.release_node(key[len(NODE) :])
-            if not self.ledger.blocked_by(uuid):
-                return list(blocked.values())
+            if any(k.startswith(HEALTH) for k in self.ledger.blocked_by(uuid)):
+                self.lift(uuid)
+            return list(blocked.values())
         return self.lift(uuid)
 
     def lift(self, uuid: str) -> list[str]:

@@ -346,6 +346,20 @@ SETTINGS: tuple[Setting, ...] = (
         trait="GPUSwarmSpawner.request_generic_resources",
     ),
     Setting(
+        "GPUHUB_SWARM_NODE_SETTLE",
+        "30",
+        _count,
+        "Swarm: seconds a node back from Down must report before its devices are handed out again.",
+        trait="GPUSwarmSpawner.node_settle",
+    ),
+    Setting(
+        "GPUHUB_RECONCILE_INTERVAL",
+        "60",
+        _positive,
+        "Seconds between comparisons of gpuhub's ledger with the engine (and, on Swarm, node states).",
+        trait="GPUDockerSpawner.reconcile_interval",
+    ),
+    Setting(
         "GPUHUB_HUB_CONNECT_IP",
         "hub",
         _host,

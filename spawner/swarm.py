@@ -219,7 +219,7 @@ def task_resources(plan: ServicePlan, mem_limit: int | None, cpu_limit: float | 
     if mem_limit:
         limits["MemoryBytes"] = int(mem_limit)
     if cpu_limit:
-        limits["NanoCPUs"] = int(cpu_limit * 1e9)
+        limits["NanoCPUs"] = round(cpu_limit * 1e9)
     resources: dict[str, Any] = {"Limits": limits}
     if plan.generic:
         resources["Reservations"] = {
@@ -277,7 +277,7 @@ def service_state(tasks: Sequence[TaskView]) -> tuple[str, int, str]:
     """
     if not tasks:
         return "created", 0, ""  # just created: the orchestrator has not made its task yet
-    newest = sorted(tasks, key=lambda t: t.updated)
+    newest = sorted(tasks, key=lambda t: task_time(t.updated))
     for t in reversed(newest):
         if t.state == "running":
             return "running", 0, t.node
@@ -286,6 +286,13 @@ def service_state(tasks: Sequence[TaskView]) -> tuple[str, int, str]:
             return "created", 0, t.node
     last = newest[-1]
     return "exited", last.exit_code or (0 if last.state == "complete" else 1), last.node
+
+
+def task_time(text: str) -> tuple[str, int]:
+    """A Swarm timestamp ("2026-11-27T10:00:05.5Z", Go drops trailing zeros) as a sortable key."""
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    digits = "".join(c for c in fraction if c.isdigit())[:9]
+    return stamp, int(digits.ljust(9, "0") or 0)
 
 
 def env_devices(env: Iterable[str]) -> tuple[str, ...]:

@@ -219,7 +219,7 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                 "labels": container.labels(plan.layer),
                 "mounts": mounts,
                 "cap_drop": ["ALL"],
-                "stop_grace_period": int(self.stop_grace * 1e9),
+                "stop_grace_period": round(self.stop_grace * 1e9),
             },
         )
         placement = Placement(
@@ -257,7 +257,7 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         delay = 0.5
         while time.monotonic() < deadline:
             tasks = [swarm.task_view(t) for t in await self.docker("tasks", filters={"service": self.service_id})]
-            current = sorted(tasks, key=lambda t: t.updated)[-1:] or []
+            current = sorted(tasks, key=lambda t: swarm.task_time(t.updated))[-1:] or []
             if current and current[0].state == "running":
                 self._remember_home(current[0].node)
                 return
