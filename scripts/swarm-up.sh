@@ -14,10 +14,14 @@ case "$state" in
   *) die "this Docker Engine is not in a Swarm: run 'docker swarm init' first (docs/admin.md)" ;;
 esac
 
-set -a
-# shellcheck disable=SC1090
-. "$env_file"
-set +a
+# The settings file is KEY=VALUE lines (docker's env-file format, values unquoted): export them
+# for the stack file's ${...} without letting a shell evaluate them.
+while IFS= read -r line || [ -n "$line" ]; do
+  case "$line" in ''|'#'*) continue ;; esac
+  key=${line%%=*}
+  [[ "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "$env_file: not a KEY=VALUE line: ${line:0:60}"
+  export "$key=${line#*=}"
+done <"$env_file"
 export GPUHUB_ENV_FILE=$(cd "$(dirname "$env_file")" && pwd)/$(basename "$env_file")
 export GPUHUB_CONFIG_DIR=$(cd "${GPUHUB_CONFIG_DIR:-$here/config}" && pwd)
 export GPUHUB_NETWORK=${GPUHUB_NETWORK:-gpuhub-swarm}
