@@ -38,7 +38,7 @@ USER_SUBNET ?= 10.213.0.0/16
 USER_IP_RANGE ?= 10.213.128.0/17
 HUB_IP ?= 10.213.0.2
 
-.PHONY: swarm-up swarm-down test-swarm
+.PHONY: swarm-up swarm-down test-swarm boot boot-install
 .PHONY: help up down restart logs images notebook-image hub-image test-images test unit lint bench dev-deps \
   build-context clean-build lock readme
 
@@ -46,11 +46,12 @@ help:
 	@echo "make up     - build images, create .env, start gpuhub and print its URL and login"
 	@echo "make down   - stop gpuhub (user homes and hub data are kept)"
 	@echo "make restart - restart the hub only; user servers keep running"
+	@echo "make boot-install - start gpuhub at every boot (systemd unit; docs/admin.md, Operations)"
 	@echo "make swarm-up   - on a Swarm manager: deploy gpuhub across the swarm's GPU nodes (docs/admin.md)"
 	@echo "make swarm-down - remove the gpuhub stack (user homes and hub data are kept)"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
-	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead, console pages)"
+	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead, console pages, Swarm storm)"
 
 # --- build inputs shared by the images ---------------------------------------------------
 build-context:
@@ -89,6 +90,19 @@ up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images)
 
 down:
 	$(COMPOSE) down
+
+# What the host runs at boot and after every Docker restart (deploy/gpuhub.service, `make
+# boot-install`): the user network and its firewall rules, which a reboot drops, then the hub; no
+# image build. The hub and watchdog are re-created: a container that lived through a dockerd restart
+# (live-restore) still holds the old, dead docker.sock. User servers are not touched; those that
+# ran before a reboot are shown stopped ("the host or Docker restarted"), devices free, homes kept.
+boot: $(ENV_FILE)
+	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
+	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub hub-watchdog
+	@scripts/wait-and-greet.sh $(ENV_FILE)
+
+boot-install: $(ENV_FILE)
+	@scripts/install-boot-unit.sh $(ENV_FILE)
 
 # More than one GPU server: the hub on this Swarm manager, user servers on the GPU nodes.
 # Every node needs the notebook image (a registry, or `docker save | docker load`).
@@ -131,7 +145,17 @@ tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
 	npm ci --no-fund --no-audit --silent --prefix tests/oidc
 	@touch $@
 
-dev-deps: $(VENV)/.installed $(TOOLS)/.installed tests/oidc/node_modules/.installed $(TOOLS)/dockerspawner-sdist/.installed
+# JupyterHub's published OpenAPI description of its REST API (docs/source/_static/rest-api.yml in its
+# sdist), for the hostile-input tests; the version is the one installed.
+$(TOOLS)/jupyterhub-rest-api.yml: $(VENV)/.installed
+	rm -rf $(TOOLS)/jupyterhub-sdist
+	$(VENV)/bin/pip download -q --no-deps --no-binary :all: -d $(TOOLS)/jupyterhub-sdist \
+	  "jupyterhub==$$($(VENV)/bin/python -c 'import jupyterhub; print(jupyterhub.__version__)')"
+	tar -xzf $(TOOLS)/jupyterhub-sdist/jupyterhub-*.tar.gz -C $(TOOLS)/jupyterhub-sdist --wildcards '*/docs/source/_static/rest-api.yml'
+	cp $(TOOLS)/jupyterhub-sdist/jupyterhub-*/docs/source/_static/rest-api.yml $@
+
+dev-deps: $(VENV)/.installed $(TOOLS)/.installed tests/oidc/node_modules/.installed $(TOOLS)/dockerspawner-sdist/.installed \
+  $(TOOLS)/jupyterhub-rest-api.yml
 
 test-images: build-context
 	@set -e; \
@@ -165,6 +189,7 @@ bench: dev-deps test-images
 	$(VENV)/bin/python -m benchmarks.class_day
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.telemetry_overhead
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.console_pages
+	$(VENV)/bin/python -m benchmarks.swarm_storm --image $(TEST_NOTEBOOK_IMAGE)
 
 clean-build:
 	rm -rf .build

@@ -9,7 +9,7 @@ import os
 import secrets
 import sys
 
-from spawner import console, gpu_config, hub_api, inventory, settings, signin, staff_roles, swarm
+from spawner import api_errors, console, gpu_config, hub_api, inventory, settings, signin, staff_roles, swarm
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -142,6 +142,7 @@ c.GPUDockerSpawner.hub_api_url = f"http://127.0.0.1:{s['GPUHUB_HUB_PORT']}/hub/a
 c.GPUDockerSpawner.hub_api_token = _ops_token
 c.JupyterHub.custom_scopes = hub_api.CUSTOM_SCOPES
 c.JupyterHub.extra_handlers = hub_api.handlers()
+api_errors.install()  # a bare refusal of JupyterHub's API says at least what it refused
 # The hub's pages say why gpuhub stopped a server, and warn before it does.
 c.JupyterHub.template_paths = [os.path.join(os.path.dirname(os.path.abspath(hub_api.__file__)), "templates", "hub")]
 

@@ -222,6 +222,23 @@ class SwarmDeployment:
             if row.get("holder")
         }
 
+    def only_on(self, nodes: list[SwarmNode], timeout: float = 120) -> None:
+        """Only these nodes take new servers (the others paused); returns once the hub hands out
+        exactly their devices (a node back from pause is trusted after GPUHUB_SWARM_NODE_SETTLE)."""
+        m = self.cluster.manager
+        for n in self.cluster.nodes:
+            m.docker("node", "update", "--availability", "active" if n in nodes else "pause", n.node_id)
+        usable = {u for n in nodes for u in n.gpus}
+
+        def seen() -> bool:
+            return all(bool(row["quarantine"]) != (uuid in usable) for uuid, row in self.gpu_map().items())
+
+        try:
+            wait_for(seen, timeout, f"the hub using only {', '.join(n.name for n in nodes)}", interval=1)
+        except TimeoutError:
+            states = {n.name: n for n in self.cluster.manager.client().nodes()}
+            raise AssertionError(f"{states}\n{self.hub_log(40)}") from None
+
     # --- the engine's word ---------------------------------------------------------------------
     def services(self) -> list[dict]:
         return self.cluster.manager.client().services(filters={"label": f"{container.LABEL_HUB}=gpuhub"})

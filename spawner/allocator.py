@@ -114,19 +114,22 @@ class Ledger:
         """Devices of this kind that are not quarantined (held or free)."""
         return sum(len(self._pools[p]) - self._blocked_in.get(p, 0) for p in self.pools_for(request))
 
-    def largest(self, request: Request) -> int:
+    def largest(self, request: Request, besides: frozenset[str] = frozenset()) -> int:
         """The most devices of this kind one node can hand out (not quarantined): a lease never
-        spans nodes. On a single host this is `usable`."""
+        spans nodes. On a single host this is `usable`. Devices blocked only by the quarantines
+        `besides` (ones about to end) count as available."""
         per_node: dict[str, int] = {}
         for p in self.pools_for(request):
-            per_node[self._node_of[p]] = (
-                per_node.get(self._node_of[p], 0) + len(self._pools[p]) - self._blocked_in.get(p, 0)
-            )
+            count = len(self._pools[p]) - self._blocked_in.get(p, 0)
+            if besides:
+                count += sum(1 for d in self._pools[p] if (keys := self._blocked.get(d.uuid)) and keys <= besides)
+            per_node[self._node_of[p]] = per_node.get(self._node_of[p], 0) + count
         return max(per_node.values(), default=0)
 
-    def satisfiable(self, request: Request) -> bool:
-        """Could this request be served on this inventory once every lease has ended?"""
-        return self.largest(request) >= request.count
+    def satisfiable(self, request: Request, besides: frozenset[str] = frozenset()) -> bool:
+        """Could this request be served on this inventory once every lease has ended (and the
+        quarantines `besides`, ones about to end, are over)?"""
+        return self.largest(request, besides) >= request.count
 
     def pools_for(self, request: Request) -> tuple[str, ...]:
         pools = self._pools_of.get(request)
@@ -170,8 +173,10 @@ class Ledger:
         lease_id: str | None = None,
         arrival: int | None = None,
         since: float = 0.0,
+        besides: frozenset[str] = frozenset(),
     ) -> Lease | None:
-        """Grant a lease at once, or queue `owner` and return None.
+        """Grant a lease at once, or queue `owner` and return None (also while only the quarantines
+        `besides`, ones about to end, stand in its way).
 
         `arrival` puts a restored queue entry back in its old place (queue persisted
         over a hub restart); new entries come after every entry seen so far. `since`
@@ -179,7 +184,7 @@ class Ledger:
         """
         if owner in self.by_owner or owner in self._waiting:
             raise AllocationError(f"{owner} already holds or waits for GPU devices")
-        if not self.satisfiable(request):
+        if not self.satisfiable(request, besides):
             raise AllocationError(
                 f"{request.label} can never be served: {_where(self)} {self.largest(request)} such device(s)"
             )

@@ -11,7 +11,12 @@ any of them; a later backend (Docker Swarm: node + service) fits the same shape.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +44,7 @@ class ContainerView:
     oom_killed: bool = False  # the kernel's OOM killer ended it (its memory limit)
     memory_limit: int = 0  # bytes; 0 = none
     node: str = ""  # the Swarm node it runs (or last ran) on; "" on a single host
+    finished: float = 0.0  # epoch seconds its process last ended; 0 = never or unknown
 
     @property
     def running(self) -> bool:
@@ -132,7 +138,15 @@ class DockerEngine:
             created=info.get("Created", ""),
             oom_killed=bool(state.get("OOMKilled")),
             memory_limit=int((info.get("HostConfig") or {}).get("Memory") or 0),
+            finished=engine_time(state.get("FinishedAt") or ""),
         )
+
+    def watch_oom(self, labels: Mapping[str, str], on_kill: Callable[[str, Mapping[str, str], float], None]):
+        """Call `on_kill(container id, its labels, epoch time)`, from a thread of its own, each time
+        the kernel OOM-kills a process in a container carrying these labels (Docker's `oom` event:
+        also when the container itself lives on). Reconnects after an error and asks for what it
+        missed meanwhile; returns a function that stops the watch."""
+        return _EventWatch(self._kwargs, labels, ("oom",), on_kill).start()
 
     async def stop(self, container_id: str, timeout: float) -> None:
         import docker.errors
@@ -154,6 +168,75 @@ class DockerEngine:
             raise EngineError(f"docker rm -f {container_id[:12]}: the container is still there")
 
 
+def engine_time(text: str) -> float:
+    """Docker's RFC 3339 time ("2026-11-27T10:00:05.123456789Z") as epoch seconds; 0 for none."""
+    from datetime import datetime, timezone
+
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        seconds = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return 0.0
+    if seconds <= 0:
+        return 0.0  # Docker's "0001-01-01T00:00:00Z": never
+    digits = "".join(c for c in fraction if c.isdigit())[:9]
+    return seconds + (int(digits) / 10 ** len(digits) if digits else 0.0)
+
+
 def _reason(error: Exception) -> str:
     text = str(getattr(error, "explanation", "") or error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:200]
+
+
+class _EventWatch:
+    """One thread following the engine's event stream for some container events."""
+
+    RETRY_S = 5.0
+
+    def __init__(self, client_kwargs: Mapping, labels: Mapping[str, str], events: tuple[str, ...], on_event: Callable):
+        self._kwargs = dict(client_kwargs)
+        self._filters = {"type": ["container"], "event": list(events), "label": [f"{k}={v}" for k, v in labels.items()]}
+        self._on_event = on_event
+        self._stopped = threading.Event()
+        self._stream = None
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # replayed after a reconnect
+
+    def start(self) -> Callable[[], None]:
+        threading.Thread(target=self._run, name="gpuhub-engine-events", daemon=True).start()
+        return self.stop
+
+    def stop(self) -> None:
+        self._stopped.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _run(self) -> None:
+        import docker
+
+        since = time.time()
+        while not self._stopped.is_set():
+            try:
+                client = docker.APIClient(**self._kwargs)
+                self._stream = client.events(since=int(since), decode=True, filters=self._filters)
+                for event in self._stream:
+                    at = int(event.get("timeNano") or 0) / 1e9 or float(event.get("time") or time.time())
+                    key = (str(event.get("id", "")), int(event.get("timeNano") or 0))
+                    if key in self._seen:
+                        continue
+                    self._seen[key] = None
+                    while len(self._seen) > 1000:
+                        self._seen.popitem(last=False)
+                    since = max(since, at - 1)
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    try:
+                        self._on_event(key[0], attributes, at)
+                    except Exception:
+                        logging.getLogger("gpuhub").exception("gpuhub: handling engine event %s failed", key)
+            except Exception as e:
+                if not self._stopped.is_set():
+                    logging.getLogger("gpuhub").warning(
+                        "gpuhub: engine event stream ended (%s); again in %.0f s", _reason(e), self.RETRY_S
+                    )
+            self._stopped.wait(self.RETRY_S)

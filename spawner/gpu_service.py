@@ -31,16 +31,17 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from . import container
+from . import container, incidents
 from .admission import Refusal, SpawnPlan, Usage
 from .allocator import AllocationError, Lease, Ledger, Waiter
 from .devices import Request
 from .engine import ContainerView, Engine, EngineError
+from .incidents import Incidents
 from .inventory import Inventory
 from .operations import Operations
 
@@ -52,6 +53,7 @@ DEVICES_QUARANTINED = Gauge(
 QUEUE_LENGTH = Gauge("gpuhub_queue_length", "Servers waiting for GPU devices")
 CONFLICTS = Counter("gpuhub_lease_conflicts", "Containers found using devices that another lease holds or gpuhub lacks")
 ORPHANS_REMOVED = Counter("gpuhub_orphans_removed", "Hub-labelled containers no spawner claimed, removed")
+OOM_KILLS = Counter("gpuhub_oom_kills", "Processes in user servers killed by the kernel for reaching the memory limit")
 WAIT_SECONDS = Histogram(
     "gpuhub_gpu_wait_seconds",
     "Time servers waited for GPU devices",
@@ -129,6 +131,7 @@ class GPUService:
     ):
         self.config = config
         self.engine = engine
+        self.started = time.time()  # a container that ended before this ended while the hub was down
         self.load_inventory = load_inventory
         self.log = log or logging.getLogger("gpuhub")
         self.clock = clock
@@ -137,6 +140,7 @@ class GPUService:
         self._ready_lock = asyncio.Lock()
         self._futures: dict[str, asyncio.Future] = {}  # owner -> its waiting start
         self._starting: set[str] = set()  # owners between reserve and a running server
+        self._aborting: dict[str, asyncio.Future] = {}  # owner -> the undo of its cancelled start
         self._restored: dict[str, _Restored] = {}
         self._claimed: dict[str, float] = {}  # container id -> when a spawner last said it is theirs
         self._first_seen: dict[str, float] = {}
@@ -150,6 +154,8 @@ class GPUService:
         self.nodes: dict = {}  # Swarm node id -> swarm.NodeView, as the manager said at the last look
         self._node_down_since: dict[str, float] = {}  # node id -> when it was first seen not taking servers
         self._node_back_since: dict[str, float] = {}  # node id -> when it was first seen ready again
+        self.incidents = Incidents()  # processes OOM-killed in running servers, told to their users
+        self._stop_watch: Callable[[], None] | None = None
         # Telemetry, usage records, budgets and culling; built with the service, started once it is ready.
         self.ops = ops(self) if ops else Operations(devices=self._devices, leases=self._leases, log=self.log)
 
@@ -191,6 +197,26 @@ class GPUService:
             self._tasks.append(asyncio.ensure_future(self._every(c.rediscover_interval, self.rediscover, "rediscover")))
         if c.queue_file:
             self._tasks.append(asyncio.ensure_future(self._write_queue_forever()))
+        watch_oom = getattr(self.engine, "watch_oom", None)
+        if watch_oom is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_kill(container_id: str, labels: Mapping[str, str], at: float) -> None:
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._oom(container_id, labels, at)))
+
+            self._stop_watch = watch_oom(self._hub_labels(), on_kill)
+
+    async def _oom(self, container_id: str, labels: Mapping[str, str], at: float) -> None:
+        """The kernel killed a process in a server for memory: tell its user, with the limit."""
+        view = ContainerView(id=container_id, labels=labels)
+        try:
+            view = await self.engine.inspect(container_id) or view
+        except EngineError:
+            pass  # the limit is unknown; the incident is still told
+        owner = view.owner
+        incident = self.incidents.oom(owner, view.memory_limit, at, container_id)
+        self.log.warning("gpuhub: %s: %s", owner, incident.message)
+        OOM_KILLS.inc()
 
     async def _every(self, interval: float, job: Callable, what: str) -> None:
         while True:
@@ -203,6 +229,8 @@ class GPUService:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._stop_watch is not None:
+            self._stop_watch()
         self.ops.close()
 
     # --- admission and reservation ------------------------------------------------------------
@@ -226,8 +254,16 @@ class GPUService:
             yield w.owner, w.request.count, w.charged_to
 
     def usable(self, request: Request) -> int:
-        """How many such devices one node can hand out at all (a lease never spans nodes)."""
-        return self.ledger.largest(request) if self.ledger else 0
+        """How many such devices one node can hand out at all (a lease never spans nodes). A Swarm
+        node that is back and settling counts: its devices are free in seconds, so a start waits
+        for them rather than being refused."""
+        if self.ledger is None:
+            return 0
+        return self.ledger.largest(request, self._settling())
+
+    def _settling(self) -> frozenset[str]:
+        """Quarantine keys of Swarm nodes that are back and about to be trusted again."""
+        return frozenset(NODE + node_id for node_id in self._node_back_since)
 
     def reserve(self, owner: str, username: str, admit: Callable[[Usage], SpawnPlan | Refusal]) -> Ticket | Refusal:
         """Decide and reserve in one step: no await between admission and the ledger entry."""
@@ -263,7 +299,12 @@ class GPUService:
                 return Refusal(409, "your previous server still holds GPU devices; try again in a minute")
             try:
                 granted = ledger.request(
-                    owner, outcome.request, outcome.priority, outcome.charged_to, since=time.time()
+                    owner,
+                    outcome.request,
+                    outcome.priority,
+                    outcome.charged_to,
+                    since=time.time(),
+                    besides=self._settling(),
                 )
             except AllocationError as e:
                 return Refusal(400, str(e))
@@ -308,6 +349,14 @@ class GPUService:
         """
         try:
             yield ticket
+        except asyncio.CancelledError:
+            # JupyterHub gives a cancelled start (DELETE while pending) one second before it stops
+            # the server, and fails the DELETE if the start is still pending then; a `docker rm`
+            # takes longer. So the undo goes on in the background, and the owner counts as starting
+            # (its devices held) until the engine confirms the container gone.
+            self._count_failure(ticket)
+            self._aborting[ticket.owner] = asyncio.ensure_future(self._abort_in_background(ticket))
+            raise
         except BaseException:
             self._count_failure(ticket)
             await asyncio.shield(self.abort(ticket))
@@ -317,8 +366,18 @@ class GPUService:
             if ticket.container:
                 self.claim(ticket.container)  # running now; JupyterHub's polls claim it from here on
         finally:
-            self._starting.discard(ticket.owner)
+            if ticket.owner not in self._aborting:
+                self._starting.discard(ticket.owner)
             self._futures.pop(ticket.owner, None)
+
+    async def _abort_in_background(self, ticket: Ticket) -> None:
+        try:
+            await self.abort(ticket)
+        except Exception:
+            self.log.exception("gpuhub: %s: undoing a cancelled start failed", ticket.owner)
+        finally:
+            self._aborting.pop(ticket.owner, None)
+            self._starting.discard(ticket.owner)
 
     async def abort(self, ticket: Ticket) -> None:
         """Undo a start: leave the queue, or force-remove whatever container it made, then release."""
@@ -411,18 +470,27 @@ class GPUService:
 
     def _exited(self, owner: str, container_id: str, view: ContainerView) -> None:
         """The container ended by itself: say why, for the usage records and the hub's page."""
+        at = time.time()
         if view.oom_killed:
-            limit = f": limit {_size(view.memory_limit)}" if view.memory_limit else ""
-            reason, words = "oom-killed", f"it ran out of memory{limit}"
+            reason, words = "oom-killed", f"it ran {incidents.out_of_memory(view.memory_limit)}"
+        elif view.finished and view.finished < self.started:
+            # It ended while this hub was not running: the host or Docker restarted (a reboot, a
+            # dockerd restart without live-restore), not the user's code.
+            reason, words, at = "host-restart", "the host or Docker restarted while it ran", view.finished
         elif view.exit_code:
             reason, words = "crashed", f"the server exited by itself with code {view.exit_code}"
         else:
             reason, words = "user", "the server was shut down from inside (File > Shut Down)"
         self._end_reason.setdefault(container_id, reason)
-        self.ended[owner] = (reason, time.time(), words)
+        self.ended[owner] = (reason, at, words)
 
     async def stop(self, owner: str, container_id: str, timeout: float, reason: str = "user") -> None:
         """Stop and remove the container; its devices go back once the engine confirms. Raises EngineError."""
+        undoing = self._aborting.get(owner)
+        if undoing is not None:
+            await asyncio.shield(undoing)  # a cancelled start's undo removes every container it made
+            if not container_id or await self.engine.inspect(container_id) is None:
+                return
         self.claim(container_id)
         self._end_reason[container_id] = reason
         await self.engine.stop(container_id, timeout)
@@ -586,6 +654,21 @@ class GPUService:
         if read is None:
             return None
         return {n.id: n for n in await read()}
+
+    async def refresh_nodes(self) -> None:
+        """Read the nodes now, not at the next reconcile: a node an admin just paused or drained
+        must not get the next server (its task would wait for a node that takes none)."""
+        if self.ledger is None:
+            return
+        nodes = await self._read_nodes()
+        self._apply_nodes(nodes)
+
+    def node_refusal(self, node_id: str) -> str:
+        """Why this node takes no new servers now ("node node3 is down"), or "" if it does."""
+        view = self.nodes.get(node_id)
+        if view is None:
+            return f"node {node_id[:12]} is gone from the swarm" if self.nodes else ""
+        return "" if view.takes_servers else f"node {view.name} {_node_state(view)}"
 
     def _apply_nodes(self, nodes: dict | None, rebuilt: bool = False) -> None:
         """Block the devices of nodes that take no servers; unblock a node once it has been back a while.
@@ -932,13 +1015,6 @@ def _created(text: str) -> float:
         return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
     except ValueError:
         return time.time()
-
-
-def _size(n: int) -> str:
-    for unit, size in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return f"{n / 1024**3:.1f}G" if n >= 1024**3 else f"{n // 1024**2}M"
 
 
 def _fits(lease: Lease, request: Request, ledger: Ledger) -> bool:

@@ -1,7 +1,8 @@
 """gpuhub's endpoints in the hub's REST API (`/hub/api/gpuhub/...`), as JupyterHub extra handlers.
 
-- `GET  /hub/api/gpuhub/notice?server=NAME` - the stop warning of one of the caller's own servers
-  (JupyterLab's banner asks through the notebook server's token).
+- `GET  /hub/api/gpuhub/notice?server=NAME` - the stop warning of one of the caller's own servers,
+  else what happened in it lately (a process OOM-killed, with the limit; no `stop_at` then);
+  JupyterLab's banner asks through the notebook server's token.
 - `GET  /hub/api/gpuhub/usage?since=&until=&by=&user=&group=&profile=&device=` - GPU-hours from the
   usage records; the `custom:gpuhub:read-usage` scope (lab admins) reads every record, the
   `custom:gpuhub:view` scope (instructors) those charged to groups the caller may read.
@@ -73,9 +74,24 @@ class NoticeHandler(APIHandler):
         if server and server not in user.spawners:
             raise web.HTTPError(404, f"{user.name} has no server named {server!r}")
         svc = await _service(self)
-        notice = svc.ops.notice(f"{user.name}/{server}")
+        owner = f"{user.name}/{server}"
+        notice = svc.ops.notice(owner)
         if notice is None:
-            self.write({"notice": None})
+            incident = svc.incidents.current(owner, user.spawners[server].object_id or "")
+            if incident is None:
+                self.write({"notice": None})
+                return
+            self.write(
+                {
+                    "notice": {
+                        "reason": incident.reason,
+                        "message": incident.message,
+                        "at": _iso(incident.at),
+                        "stop_at": None,
+                        "seconds_left": None,
+                    }
+                }
+            )
             return
         self.write(
             {

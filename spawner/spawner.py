@@ -577,6 +577,7 @@ class GPUDockerSpawner(DockerSpawner):
             await svc.clear_previous(self.owner, self.user.name, self.name or "")
         except ServiceBusy as e:
             raise web.HTTPError(409, str(e)) from None
+        await svc.refresh_nodes()  # Swarm: a node paused a moment ago gets no new server
         choices = profiles.parse(self.profile_list, svc.inventory)
         config = quota.GPUQuota(parent=self)
         groups = self._groups()
@@ -678,10 +679,16 @@ class GPUDockerSpawner(DockerSpawner):
 
     @property
     def gpuhub_notice(self) -> str:
-        """The stop warning of this running server, if any (the hub's home page shows it)."""
+        """The stop warning of this running server, else what happened in it lately (a process
+        OOM-killed); the hub's home page shows it."""
         svc = self._services.get(self.hub_id)
-        notice = svc.ops.notice(self.owner) if svc is not None and self.active else None
-        return notice.message if notice is not None else ""
+        if svc is None or not self.active:
+            return ""
+        notice = svc.ops.notice(self.owner)
+        if notice is not None:
+            return notice.message
+        incident = svc.incidents.current(self.owner, self.object_id or "")
+        return incident.message if incident is not None else ""
 
     async def _start_container(self, svc: GPUService, ticket: Ticket) -> tuple[str, int]:
         """Create and start the container for this plan; the lease is bound the moment it exists."""

@@ -272,8 +272,9 @@ def service_state(tasks: Sequence[TaskView]) -> tuple[str, int, str]:
     """(container-like state, exit code, node) of a one-replica service from its tasks.
 
     Any task that may run code makes the service hold its devices: a task still `running` on a
-    node that went down (desired `shutdown`) is not known to have stopped. Otherwise the newest
-    task says how it ended.
+    node that went down (desired `shutdown`) is not known to have stopped, and a replacement task
+    Swarm is starting after a failure makes the service `restarting`. Otherwise the newest task
+    says how it ended.
     """
     if not tasks:
         return "created", 0, ""  # just created: the orchestrator has not made its task yet
@@ -282,8 +283,13 @@ def service_state(tasks: Sequence[TaskView]) -> tuple[str, int, str]:
         if t.state == "running":
             return "running", 0, t.node
     for t in reversed(newest):
-        if t.state in TASK_HOLDING and t.desired == "running":
-            return "created", 0, t.node
+        # Desired `ready`: Swarm made the replacement of a failed task and waits out the restart delay.
+        if t.state in TASK_HOLDING and t.desired in ("running", "ready"):
+            # An earlier task ended: Swarm is restarting the server on its node (a crash, the node's
+            # dockerd restarted). It keeps its devices and counts as running, as a container in
+            # Docker's `restarting` state does; after the last attempt no new task comes and it exits.
+            restarting = any(o.state not in TASK_HOLDING for o in tasks)
+            return ("restarting" if restarting else "created"), 0, t.node
     last = newest[-1]
     return "exited", last.exit_code or (0 if last.state == "complete" else 1), last.node
 
@@ -293,6 +299,16 @@ def task_time(text: str) -> tuple[str, int]:
     stamp, _, fraction = text.rstrip("Z").partition(".")
     digits = "".join(c for c in fraction if c.isdigit())[:9]
     return stamp, int(digits.ljust(9, "0") or 0)
+
+
+#: Swarm refuses service names longer than this (they are DNS labels on the overlay).
+SERVICE_NAME_MAX = 63
+
+
+def service_name(base: str, suffix: str) -> str:
+    """`base-suffix`, `base` cut so the whole stays a valid service name."""
+    room = SERVICE_NAME_MAX - len(suffix) - 1
+    return f"{base[:room].rstrip('-')}-{suffix}"
 
 
 def env_devices(env: Iterable[str]) -> tuple[str, ...]:

@@ -26,6 +26,9 @@ class SwarmEngine(DockerEngine):
     service's tasks and reports a removed service as `removing` while any of them may run.
     """
 
+    #: A manager's event stream tells only of its own node's containers: no OOM incidents on Swarm yet.
+    watch_oom = None
+
     def __init__(self, *args, stop_timeout: float = 30, **kwargs):
         super().__init__(*args, **kwargs)
         self.stop_timeout = stop_timeout

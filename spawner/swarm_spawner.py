@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import time
 from dataclasses import replace
 
@@ -76,8 +77,9 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     restart_attempts = Integer(
         3,
         help="""
-        How often Swarm restarts a server's task that failed (a crash, a worker's dockerd restart)
-        on the same node with the same devices, before the server counts as stopped.
+        How often Swarm restarts a server's task that ended without gpuhub stopping it (a crash, a
+        worker's dockerd restart, File > Shut Down in JupyterLab) on the same node with the same
+        devices, before the server counts as stopped. Stop a server from the hub's page.
         """,
     ).tag(config=True)
 
@@ -208,6 +210,9 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                 raise container.ContainerConfigError(f"extra_container_spec may not set {', '.join(bad)}")
         except container.ContainerConfigError as e:
             raise web.HTTPError(500, f"gpuhub configuration error: {e}") from None
+        # A name of its own per start: the hub reaches the server by this name on the overlay, and
+        # the overlay's DNS may still answer the previous start's address for a while.
+        self.object_name = swarm.service_name(self._object_name_default(), secrets.token_hex(3))
         labels = swarm.service_labels(plan)
         container_spec = ContainerSpec(
             image=self.image,
@@ -233,9 +238,10 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             resources=swarm.task_resources(plan, self.mem_limit, self.cpu_limit),
             networks=[self.network_name] if self.network_name else [],
             placement=placement,
-            restart_policy=RestartPolicy(
-                condition="on-failure", delay=5_000_000_000, max_attempts=plan.restart_attempts
-            ),
+            # `any`, not `on-failure`: a worker's dockerd stopping (an upgrade, `systemctl restart
+            # docker`) ends the server with exit 0, which Swarm would count as done. gpuhub stops a
+            # server by removing its service, which no restart policy undoes.
+            restart_policy=RestartPolicy(condition="any", delay=5_000_000_000, max_attempts=plan.restart_attempts),
             **{k: v for k, v in self.extra_task_spec.items() if k not in ("container_spec", "resources", "placement")},
         )
         endpoint = EndpointSpec(**self.extra_endpoint_spec)
@@ -253,8 +259,11 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
 
     async def start_object(self):
         """Wait for the service's task to run; fail at once, with the node's reason, if it cannot."""
-        deadline = time.monotonic() + self.start_timeout
+        started = time.monotonic()
+        deadline = started + self.start_timeout
         delay = 0.5
+        svc = self._services.get(self.hub_id)
+        pinned = self._service_plan().node
         while time.monotonic() < deadline:
             tasks = [swarm.task_view(t) for t in await self.docker("tasks", filters={"service": self.service_id})]
             current = sorted(tasks, key=lambda t: swarm.task_time(t.updated))[-1:] or []
@@ -264,6 +273,14 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             if current and current[0].state not in _TASK_WAITING:
                 task = current[0]
                 raise web.HTTPError(500, f"Swarm could not start the server: task {task.state}: {task.message[:300]}")
+            if pinned and svc is not None and time.monotonic() - started > 5:
+                # Placed on a node that stopped taking servers meanwhile (paused, drained, down): its
+                # task would wait for it forever. Fail now; the node's devices are blocked, so the
+                # next start goes elsewhere.
+                await svc.refresh_nodes()
+                why = svc.node_refusal(pinned)
+                if why:
+                    raise web.HTTPError(503, f"{why} since your server was placed there; start it again")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 3)
         raise web.HTTPError(500, f"Swarm did not run the server's task within {self.start_timeout:.0f} s")

@@ -42,6 +42,7 @@ END_REASONS = {  # end reason -> words for people
     "budget": "its GPU-hour budget ran out",
     "crashed": "the server exited on its own",
     "oom-killed": "out of memory",
+    "host-restart": "the host or Docker restarted while it ran",
     "orphan-removed": "orphan container removed",
     "start-failed": "its start failed",
     "lost": "its container was gone when the hub came back (ended at the last time it was seen)",

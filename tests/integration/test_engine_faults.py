@@ -10,16 +10,14 @@ containers, and every limit holds.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
+from harness import dockerd
 from harness.hub import ROOT, TEST_HUB_ID, user_container
 from spawner.container import LABEL_DEVICES, LABEL_HUB, LABEL_USER
 
@@ -281,40 +279,15 @@ def test_eight_parallel_users_cannot_pass_a_group_maximum(fault_hub, docker_clie
 @pytest.fixture
 def live_restore():
     """dockerd with live-restore on, restored afterwards. Needs root and a dockerd started by .ci/start-dockerd."""
-    if os.geteuid() != 0 or not shutil.which("pidof") or subprocess.run(["pidof", "dockerd"]).returncode:
-        pytest.skip("needs root and a local dockerd this test may restart (as in CI)")
-    path = Path("/etc/docker/daemon.json")
-    original = path.read_text() if path.exists() else None
-    config = json.loads(original) if original else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**config, "live-restore": True}))
-    subprocess.run(["pkill", "-HUP", "-x", "dockerd"], check=True)  # live-restore is reloadable
-    wait_for(lambda: docker_info().get("LiveRestoreEnabled") is True, 30, "live-restore did not turn on")
-    yield
-    if subprocess.run(["pidof", "dockerd"]).returncode != 0:
-        subprocess.run([str(ROOT / ".ci" / "start-dockerd")], check=True)
-    # A reload keeps settings the file no longer names: say "off" once, then restore the file.
-    path.write_text(json.dumps({**config, "live-restore": bool(config.get("live-restore", False))}))
-    subprocess.run(["pkill", "-HUP", "-x", "dockerd"], check=False)
-    wait_for(lambda: docker_info().get("LiveRestoreEnabled") == bool(config.get("live-restore")), 30, "not restored")
-    if original is None:
-        path.unlink()
-    else:
-        path.write_text(original)
+    why_not = dockerd.restartable()
+    if why_not:
+        pytest.skip(why_not)
+    with dockerd.live_restore(True):
+        yield
 
 
-def docker_info() -> dict:
-    r = subprocess.run(["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True)
-    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
-
-
-def wait_for(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(message)
+docker_info = dockerd.info
+wait_for = dockerd.wait_for
 
 
 def test_a_dockerd_restart_with_live_restore_keeps_servers_and_their_gpus(

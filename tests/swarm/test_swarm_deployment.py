@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import secrets
 import time
 
 import pytest
+import requests
 
 from harness.swarm import wait_for
 from harness.swarm_stack import HUB_SERVICE, SwarmDeployment, unique_users
@@ -46,8 +48,8 @@ def users(hub):
     for user in made:
         hub.api("DELETE", f"/users/{user}/server")
     wait_for(lambda: not hub.services(), 120, "every notebook service removed", interval=1)
-    for node in hub.cluster.nodes:
-        node.docker("node", "update", "--availability", "active", node.node_id, check=False)
+    for node in hub.cluster.nodes:  # only the manager may change a node
+        hub.cluster.manager.docker("node", "update", "--availability", "active", node.node_id, check=False)
 
 
 def _placement(hub, user: str) -> tuple[str, tuple[str, ...], str]:
@@ -109,8 +111,6 @@ def test_placement_equals_the_ledger_and_the_hub_reaches_servers_on_other_nodes(
         token = hub.api("POST", f"/users/{name}/tokens", json={"expires_in": 600}).json()["token"]
         r = hub.api("GET", "", headers={})  # the hub itself
         assert r.ok
-        import requests
-
         api = requests.get(f"{hub.url}/user/{name}/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
         assert api.status_code == 200, (name, api.status_code, api.text[:200])
 
@@ -240,3 +240,107 @@ def test_requesting_generic_resources_on_engine_20_is_refused_with_one_line(hub,
     assert len(errors) == 1 and "Engine >= 23" in errors[0], run.stderr
     # Nothing changed: the running hub is the same task.
     assert hub.hub_task() is not None and HUB_SERVICE
+
+
+def _running_task(hub, service_id: str) -> dict | None:
+    for t in hub.cluster.tasks(service_id):
+        if t["Status"]["State"] == "running" and t["DesiredState"] == "running":
+            return t
+    return None
+
+
+def _snapshot(hub, names) -> dict[str, tuple[str, str, tuple[str, ...], str]]:
+    """user -> (service id, running task id, devices in its spec, node id)."""
+    out = {}
+    for name in names:
+        node_id, visible, service_id = _placement(hub, name)
+        out[name] = (service_id, _running_task(hub, service_id)["ID"], visible, node_id)
+    return out
+
+
+def _on_each_node(hub, names, profile: str) -> None:
+    """Start one server per name, name i on node i+1 (the other nodes paused meanwhile)."""
+    for name, target in zip(names, hub.cluster.nodes, strict=True):
+        hub.only_on([target])
+        r = hub.start_server(name, profile)
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready(name)
+        assert _placement(hub, name)[0] == target.node_id, f"{name} should run on {target.name}"
+    hub.only_on(hub.cluster.nodes)
+
+
+def test_a_home_written_on_node2_is_there_when_the_server_moves_to_node3(hub, users):
+    """shared-path homes: one folder per user under a root every node mounts at the same path."""
+    (name,) = users(1, "h")
+    node2, node3 = hub.cluster.node("node2"), hub.cluster.node("node3")
+    content = f"written on node2 {secrets.token_hex(8)}\n"
+    hub.only_on([node2])
+    assert hub.start_server(name, "gpu").status_code in (201, 202)
+    hub.wait_ready(name)
+    assert _placement(hub, name)[0] == node2.node_id
+    token = hub.api("POST", f"/users/{name}/tokens", json={"expires_in": 900}).json()["token"]
+    contents = f"{hub.url}/user/{name}/api/contents/moved.txt"
+    auth = {"Authorization": f"token {token}"}
+    r = requests.put(contents, json={"type": "file", "format": "text", "content": content}, headers=auth, timeout=30)
+    assert r.status_code in (200, 201), r.text[:300]
+    hub.stop_server(name)
+
+    hub.only_on([node3])
+    assert hub.start_server(name, "gpu").status_code in (201, 202)
+    hub.wait_ready(name)
+    node_id, visible, _ = _placement(hub, name)
+    assert node_id == node3.node_id and visible and visible[0] in node3.gpus
+    r = requests.get(contents, params={"content": "1"}, headers=auth, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == content, r.text[:300]
+    # The file is in the user's folder under the shared root, owned by the notebook user.
+    on_disk = hub.home_root / container.volume_safe(name) / "moved.txt"
+    assert on_disk.read_text() == content and on_disk.stat().st_uid == 1000
+
+
+def test_gpu_servers_keep_their_task_and_device_through_node_updates_new_networks_and_a_worker_dockerd_restart(
+    hub, users
+):
+    """moby/moby#44378: on Engine 20.10 a node or network update made Swarm kill and reschedule
+    GPU tasks that *requested* generic resources. gpuhub's services request none, so nothing moves;
+    a worker's dockerd restart ends its containers (Swarm refuses live-restore), and Swarm restarts
+    them on the same node with the same device while the hub keeps the lease."""
+    names = users(3, "r")
+    _on_each_node(hub, names, "gpu")
+    before = _snapshot(hub, names)
+    ledger = hub.ledger()
+    m = hub.cluster.manager
+
+    for n in hub.cluster.nodes:
+        m.docker("node", "update", "--label-add", "gpuhub.test-rack=r1", n.node_id)
+    net = f"gpuhub-test-extra-{secrets.token_hex(2)}"
+    m.docker("network", "create", "--driver", "overlay", "--attachable", net)
+    try:
+        time.sleep(15)  # several reconcile passes and the orchestrator's reaction time
+        assert _snapshot(hub, names) == before, "a node label update or a new network moved a GPU task"
+        assert hub.ledger() == ledger
+        _assert_engine_matches_ledger(hub)
+    finally:
+        m.docker("network", "rm", net, check=False)
+        for n in hub.cluster.nodes:
+            m.docker("node", "update", "--label-rm", "gpuhub.test-rack", n.node_id, check=False)
+
+    worker = hub.cluster.node("node2")
+    (on_worker,) = [u for u, s in before.items() if s[3] == worker.node_id]
+    worker.restart_dockerd()
+    hub.cluster.wait_ready(60, [worker.name])
+
+    def back():
+        task = _running_task(hub, before[on_worker][0])
+        return task if task and task["ID"] != before[on_worker][1] else None
+
+    task = wait_for(back, 180, f"Swarm restarting {on_worker}'s task on {worker.name}", interval=1)
+    assert task["NodeID"] == worker.node_id
+    assert swarm.env_devices(task["Spec"]["ContainerSpec"]["Env"]) == before[on_worker][2]
+    hub.wait_ready(on_worker)
+    for _ in range(10):  # the hub keeps the server and its lease while Swarm restarts it, and after
+        assert hub.ledger() == ledger
+        _assert_engine_matches_ledger(hub)
+        assert (hub.server(on_worker) or {}).get("ready"), f"the hub dropped {on_worker}'s server"
+        time.sleep(1)
+    unchanged = {u: s for u, s in _snapshot(hub, names).items() if u != on_worker}
+    assert unchanged == {u: s for u, s in before.items() if u != on_worker}

@@ -28,6 +28,8 @@ class _Container:
     devices: tuple[str, ...]
     state: str = "created"
     created: int = 0
+    memory_limit: int = 2 * 1024**3
+    finished: float = 0.0
 
 
 @dataclass
@@ -49,6 +51,7 @@ class EngineStandIn:
         self._failures: dict[str, int] = {}
         self.shared: list[tuple[str, str, str]] = []  # (device, container, other running container)
         self.calls: list[tuple[str, str]] = []
+        self.watches: list[tuple[dict, object]] = []  # (labels, on_kill) of watch_oom
 
     # --- test controls ------------------------------------------------------------------------
     def hold(self, call: str) -> Gate:
@@ -61,6 +64,20 @@ class EngineStandIn:
 
     def running_on(self, device: str) -> list[str]:
         return [c.id for c in self.containers.values() if c.state == "running" and device in c.devices]
+
+    def oom(self, container_id: str, at: float | None = None) -> None:
+        """The kernel OOM-killed a process in this container: tell the watchers, as Docker's event
+        stream would, from a thread of its own."""
+        import threading
+        import time
+
+        at = time.time() if at is None else at
+        c = self.containers[container_id]
+        for labels, on_kill in self.watches:
+            if all(c.labels.get(k) == v for k, v in labels.items()):
+                t = threading.Thread(target=on_kill, args=(container_id, dict(c.labels), at))
+                t.start()
+                t.join()
 
     def add(self, user: str, server: str, devices, state="running", lease="", hub="hub") -> str:
         """A container made outside the harness's spawns (an earlier hub, an orphan)."""
@@ -98,6 +115,10 @@ class EngineStandIn:
     async def remove(self, container_id):
         return await self._call("remove", lambda: self.containers.pop(container_id, None), act_late=True)
 
+    def watch_oom(self, labels, on_kill):
+        self.watches.append((dict(labels), on_kill))
+        return lambda: self.watches.remove((dict(labels), on_kill))
+
     # --- what dockerspawner would do -------------------------------------------------------------
     async def create(self, user: str, server: str, devices, lease: str, hub="hub") -> str:
         return await self._call("create", lambda: self._create(user, server, tuple(devices), lease, hub), act_late=True)
@@ -133,7 +154,16 @@ class EngineStandIn:
         c.state = "running"
 
     def _view(self, c: _Container) -> ContainerView:
-        return ContainerView(c.id, dict(c.labels), c.devices, c.state, 0, f"{c.created:06d}")
+        return ContainerView(
+            c.id,
+            dict(c.labels),
+            c.devices,
+            c.state,
+            0,
+            f"{c.created:06d}",
+            memory_limit=c.memory_limit,
+            finished=c.finished,
+        )
 
     async def _call(self, name: str, fn, act_late: bool = False):
         """Run `fn` as the engine would: a held call computes its answer (or acts) only when its gate opens

@@ -155,6 +155,34 @@ async def test_a_start_cancelled_during_docker_start_removes_its_container_befor
     assert all(c.labels[LABEL_USER] == "bob" for c in engine.containers.values())
 
 
+async def test_a_cancelled_start_ends_at_once_while_its_slow_undo_keeps_the_device_held(engine):
+    """JupyterHub waits 1 s after cancelling a pending start, then stops the server; the undo
+    (docker rm) may take longer. The start must end at once, the device stay held until the
+    engine confirms the container gone, and the stop wait for the undo."""
+    svc = make_service(engine, devices=GPUS[:1])
+    await svc.ready()
+    gate = engine.hold("start")
+    alice = asyncio.ensure_future(start_server(svc, engine, "alice"))
+    await gate.reached.wait()
+    removal = engine.hold("remove")
+    alice.cancel()
+    await settle()
+    assert alice.cancelled(), "the cancelled start is still running: JupyterHub's DELETE would fail"
+    await removal.reached.wait()
+    assert holders(svc) == {"GPU-0": "alice/"} and engine.containers  # removal not confirmed yet
+    refused = svc.reserve("alice/", "alice", admit_for("alice"))
+    assert isinstance(refused, admission.Refusal) and refused.status == 409
+    waiting = asyncio.ensure_future(svc.stop("alice/", "", timeout=1))
+    await settle()
+    assert not waiting.done()  # the stop waits for the undo
+    removal.open()
+    await asyncio.wait_for(waiting, 5)
+    assert engine.containers == {} and holders(svc) == {}
+    gate.open()
+    bob = await start_server(svc, engine, "bob", timeout=5)
+    assert engine.shared == [] and engine.running_on("GPU-0") == [bob]
+
+
 async def test_a_start_whose_container_cannot_be_removed_keeps_its_devices(engine):
     svc = make_service(engine, devices=GPUS[:1])
     await svc.ready()

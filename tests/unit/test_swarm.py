@@ -7,6 +7,7 @@ says about its nodes) and with the node each container runs on.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -18,12 +19,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from spawner import container, swarm
 from spawner.allocator import AllocationError, Ledger
 from spawner.devices import Device, Request
+from spawner.engine import ContainerView
 from spawner.gpu_service import NODE, GPUService, LiftRefused, ServiceConfig
 from spawner.inventory import Inventory
 from spawner.operations import Operations
 
 from .engine_standin import EngineStandIn
-from .test_gpu_service import Clock, admit_for, holders, start_server
+from .test_gpu_service import Clock, admit_for, holders, settle, start_server
 
 
 # --- Engine API fixtures ------------------------------------------------------------------------------
@@ -459,12 +461,28 @@ def test_a_task_still_running_on_a_down_node_counts_as_running_though_the_manage
     assert swarm.service_state(tasks) == ("running", 0, "n1")
 
 
-def test_a_pending_task_meant_to_run_makes_the_service_created():
+def test_the_first_task_not_yet_running_makes_the_service_created():
+    assert swarm.service_state([task("t1", node="n1", state="pending", desired="running")]) == ("created", 0, "n1")
+
+
+@pytest.mark.parametrize("desired", ["running", "ready"])  # ready: Swarm waits out the restart delay
+def test_a_replacement_task_after_a_failure_makes_the_service_restarting_which_counts_as_running(desired):
     tasks = [
-        task("t1", node="n1", state="complete", desired="shutdown", exit_code=0, updated="2026-11-26T10:00:00.1Z"),
-        task("t2", node="n1", state="pending", desired="running", updated="2026-11-26T10:01:00.1Z"),
+        task("t1", node="n1", state="failed", desired="shutdown", exit_code=137, updated="2026-11-26T10:00:00.1Z"),
+        task("t2", node="n1", state="ready", desired=desired, updated="2026-11-26T10:00:01.1Z"),
     ]
-    assert swarm.service_state(tasks) == ("created", 0, "n1")
+    state, code, node = swarm.service_state(tasks)
+    assert (state, code, node) == ("restarting", 0, "n1")
+    view = ContainerView(id="s", labels={}, devices=(GPU_A0,), state=state)
+    assert view.running and view.may_hold_devices
+
+
+def test_a_replacement_task_that_is_shut_down_does_not_hold_the_service():
+    tasks = [
+        task("t1", node="n1", state="failed", desired="shutdown", exit_code=137, updated="2026-11-26T10:00:00.1Z"),
+        task("t2", node="n1", state="ready", desired="shutdown", updated="2026-11-26T10:00:01.1Z"),
+    ]
+    assert swarm.service_state(tasks) == ("exited", 1, "n1")
 
 
 def test_all_tasks_ended_the_newest_says_how():
@@ -1057,3 +1075,39 @@ async def test_a_single_host_engine_without_nodes_never_blocks_a_node():
     assert not svc.liftable("GPU--1")
     with pytest.raises(LiftRefused, match="not quarantined"):
         await svc.lift_device("GPU--1")
+
+
+async def test_a_node_paused_a_moment_ago_gets_no_new_server_and_one_back_but_settling_makes_starts_wait():
+    engine = SwarmStandIn()
+    clock = Clock()
+    svc = swarm_service(engine, clock=clock, node_settle=30)
+    await svc.ready()
+    # The admin pauses n1 just now; no reconcile has run since. The next start reads the nodes.
+    engine.set_node("n1", availability="pause")
+    await svc.refresh_nodes()
+    assert svc.node_refusal("n1") == "node host-n1 is set to pause (no new servers)"
+    assert svc.node_refusal("n2") == ""
+    await start_server(svc, engine, "alice")
+    assert [u for u, o in holders(svc).items() if o == "alice/"] == ["GPU-n2-0"]
+    # n1 is back but settling, n2 is paused: nothing can be handed out now, yet a start is not
+    # refused as impossible (503): it waits, and is served once n1 has settled.
+    engine.set_node("n1", availability="active")
+    engine.set_node("n2", availability="pause")
+    await svc.refresh_nodes()
+    assert svc.ledger.free() == [] or all(d.node == "n2" for d in svc.ledger.free())
+    assert svc.usable(Request(1)) == 2
+    waiting = asyncio.ensure_future(start_server(svc, engine, "bob", timeout=5))
+    await settle()
+    assert not waiting.done() and svc.position("bob/") is not None
+    clock.now += 31
+    await svc.refresh_nodes()
+    await svc.reconcile()
+    await asyncio.wait_for(waiting, 5)
+    assert [u for u, o in holders(svc).items() if o == "bob/"][0].startswith("GPU-n1-")
+
+
+def test_each_start_gets_a_service_name_of_its_own_within_swarms_limit():
+    assert swarm.service_name("gpuhub-ada", "a1b2c3") == "gpuhub-ada-a1b2c3"
+    long = swarm.service_name("gpuhub-" + "x" * 80, "a1b2c3")
+    assert len(long) == swarm.SERVICE_NAME_MAX and long.endswith("-a1b2c3")
+    assert swarm.service_name("gpuhub-" + "y" * 49 + "-", "a1b2c3").count("--") == 0

@@ -1,6 +1,7 @@
 /*
  * @gpuhub/notice: the hub's warning, inside JupyterLab, before it stops this server
- * (GPU idle too long, time limit, GPU-hour budget).
+ * (GPU idle too long, time limit, GPU-hour budget), or what happened in it lately (a
+ * kernel killed for reaching the memory limit: such a notice has no stop_at).
  *
  * It polls {baseUrl}api/gpuhub/notice (the gpuhub_notice server extension, which asks
  * the hub) and, while there is a notice, shows a banner at the top of the page:
@@ -233,7 +234,8 @@ body.${SHOWN_CLASS} .jp-LabShell {
     }
 
     update(notice) {
-      const key = notice ? `${notice.reason}|${notice.stop_at}` : null;
+      // `at`: a second out-of-memory kill is news even though its reason is the same.
+      const key = notice ? `${notice.reason}|${notice.stop_at}|${notice.at || ''}` : null;
       if (key === this.key) {
         return;
       }
