@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
@@ -55,7 +56,10 @@ class Kernel:
         return r.json().get("execution_state", "") if r.ok else f"HTTP {r.status_code}"
 
     def execute(self, code: str, timeout: float | None = None) -> Result:
-        return asyncio.run(self._execute(code, timeout or self.timeout))
+        # In a thread of its own: the caller's thread may already run an event loop (Playwright's
+        # sync API leaves one for the rest of a test session), and asyncio.run refuses to nest.
+        with ThreadPoolExecutor(1, thread_name_prefix="kernel-client") as pool:
+            return pool.submit(asyncio.run, self._execute(code, timeout or self.timeout)).result()
 
     async def _execute(self, code: str, timeout: float) -> Result:
         url = self.base.replace("http", "ws", 1) + f"api/kernels/{self.id}/channels"
