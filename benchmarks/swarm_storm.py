@@ -33,18 +33,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.spawn_storm import summary
 from harness.compose import epoch
 from harness.swarm import SwarmCluster, wait_for
 from harness.swarm_stack import SwarmDeployment, unique_users
 from spawner import container
 
 VARIANTS = ("1 node", "3 nodes")
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median": statistics.median(ordered), "p95": p95, "max": ordered[-1]}
 
 
 def storm(hub: SwarmDeployment, names: list[str]) -> dict[str, list[float]]:
