@@ -8,7 +8,7 @@ COMPOSE_CMD := $(shell if docker compose version >/dev/null 2>&1; then echo "doc
 ENV_FILE := .env
 # On GPU hosts the hub needs NVML (docker-compose.gpu.yml); elsewhere it must not ask for it.
 COMPOSE := GPUHUB_ENV_FILE=$(abspath $(ENV_FILE)) $(COMPOSE_CMD) --env-file $(abspath $(ENV_FILE)) -f docker-compose.yml \
-  $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "-f docker-compose.gpu.yml")
+  $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "-f docker-compose.gpu.yml") --profile postgres
 PYTHON ?= python3
 VENV := .venv
 TOOLS := .tools
@@ -20,7 +20,8 @@ NOTEBOOK_IMAGE ?= gpuhub/notebook:latest
 # `make up BUILD_NOTEBOOK=no` runs the notebook image named in the settings file as it is
 # (pulled from a registry, built elsewhere, or the tests' gpuhub/notebook:cpu).
 BUILD_NOTEBOOK ?= yes
-HUB_IMAGE ?= gpuhub/hub:latest
+# The settings file's GPUHUB_HUB_IMAGE, so `make upgrade` rebuilds the image compose runs.
+HUB_IMAGE ?= $(call env_setting,GPUHUB_HUB_IMAGE,gpuhub/hub:latest)
 TEST_NOTEBOOK_IMAGE ?= gpuhub/notebook:cpu
 TORCH_SPEC ?= torch==2.13.0
 # Where a CPU torch wheel may lie for offline builds (pip --find-links style folder).
@@ -37,8 +38,14 @@ USER_BRIDGE = $(shell printf %.15s "$(USER_NETWORK)")
 USER_SUBNET ?= 10.213.0.0/16
 USER_IP_RANGE ?= 10.213.128.0/17
 HUB_IP ?= 10.213.0.2
+# The hub database (GPUHUB_DATABASE): with `postgres`, up/boot/restart start its server first.
+DATABASE = $(call env_setting,GPUHUB_DATABASE,sqlite)
+POSTGRES_IMAGE = $(call env_setting,GPUHUB_POSTGRES_IMAGE,gpuhub/postgres:15)
+POSTGRES_UPSTREAM ?= debian:bookworm-slim
+# Where `make backup` writes and `make restore BACKUP=...` reads.
+BACKUP_DIR ?= backups
 
-.PHONY: swarm-up swarm-down test-swarm boot boot-install
+.PHONY: swarm-up swarm-down test-swarm boot boot-install postgres-image database-image backup restore upgrade
 .PHONY: help up down restart logs images notebook-image hub-image test-images test unit lint bench dev-deps \
   build-context clean-build lock readme
 
@@ -47,6 +54,9 @@ help:
 	@echo "make down   - stop gpuhub (user homes and hub data are kept)"
 	@echo "make restart - restart the hub only; user servers keep running"
 	@echo "make boot-install - start gpuhub at every boot (systemd unit; docs/admin.md, Operations)"
+	@echo "make upgrade - rebuild the images, back up the hub database, migrate it, restart the hub; servers keep running"
+	@echo "make backup  - a dated archive of the hub database, homes and course volumes in $(BACKUP_DIR)/ (servers keep running)"
+	@echo "make restore BACKUP=file - bring an archive back (hub stopped; on a fresh host too)"
 	@echo "make swarm-up   - on a Swarm manager: deploy gpuhub across the swarm's GPU nodes (docs/admin.md)"
 	@echo "make swarm-down - remove the gpuhub stack (user homes and hub data are kept)"
 	@echo "make test   - install test dependencies, build test images, run every test"
@@ -80,11 +90,26 @@ hub-image: build-context
 	echo "gpuhub: building $(HUB_IMAGE) FROM $$hub_base"; \
 	scripts/build-image.sh $(HUB_IMAGE) -f images/hub/Dockerfile --build-arg BASE_IMAGE=$$hub_base
 
+# PostgreSQL from Debian's packages, on debian:bookworm-slim or, without a registry, the offline base.
+postgres-image:
+	@set -e; \
+	case "$(POSTGRES_IMAGE)" in gpuhub/*) ;; *) echo "gpuhub: using $(POSTGRES_IMAGE) as it is"; exit 0;; esac; \
+	pg_base=$$(images/offline-base/resolve-base.sh $(POSTGRES_UPSTREAM)); \
+	echo "gpuhub: building $(POSTGRES_IMAGE) FROM $$pg_base"; \
+	scripts/build-image.sh $(POSTGRES_IMAGE) -f images/postgres/Dockerfile --build-arg BASE_IMAGE=$$pg_base
+
+# The hub database's server, when GPUHUB_DATABASE=postgres: its image, then (after the user network,
+# which compose wants to exist) the server, waited for until it takes connections.
+database-image: $(if $(filter postgres,$(DATABASE)),postgres-image)
+START_DATABASE = if [ "$(DATABASE)" = postgres ]; then \
+  $(COMPOSE) up -d postgres && scripts/wait-healthy.sh "$$($(COMPOSE) ps -q postgres)" 120; fi
+
 $(ENV_FILE):
 	@scripts/make-env.sh .env.example $@
 
-up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images)
+up: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images) database-image
 	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
+	@$(START_DATABASE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d hub hub-watchdog
 	@scripts/wait-and-greet.sh $(ENV_FILE)
 
@@ -98,6 +123,7 @@ down:
 # ran before a reboot are shown stopped ("the host or Docker restarted"), devices free, homes kept.
 boot: $(ENV_FILE)
 	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
+	@$(START_DATABASE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub hub-watchdog
 	@scripts/wait-and-greet.sh $(ENV_FILE)
 
@@ -115,13 +141,36 @@ swarm-down:
 	docker stack rm $(SWARM_STACK)
 
 # Restart the hub (user servers keep running), e.g. after changing the settings file.
-restart:
+restart: database-image
 	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
+	@$(START_DATABASE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub
 	@scripts/wait-and-greet.sh $(ENV_FILE)
 
 logs:
 	$(COMPOSE) logs -f hub
+
+# Backups (docs/admin.md, "Backups"): user servers keep running; what is consistent is said there.
+backup: $(ENV_FILE)
+	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py backup --env-file $(abspath $(ENV_FILE)) --dir $(BACKUP_DIR) \
+	  $(if $(MATCH),--match '$(MATCH)')
+
+restore: $(ENV_FILE) hub-image $(if $(filter postgres,$(DATABASE)),postgres-image)
+	@test -n "$(BACKUP)" || { echo "gpuhub: name the archive: make restore BACKUP=$(BACKUP_DIR)/gpuhub-....tar" >&2; exit 2; }
+	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py restore --env-file $(abspath $(ENV_FILE)) --archive $(BACKUP) \
+	  $(if $(filter 1 yes true,$(FORCE)),--force)
+
+# Upgrades with users on (docs/admin.md, "Upgrades"): new images, a backup of the hub database,
+# JupyterHub's schema migration with the new image, then the new hub; running servers keep running
+# and their leases, each user gets the new notebook image at their next start.
+upgrade: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images) database-image
+	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
+	@$(START_DATABASE)
+	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py backup --env-file $(abspath $(ENV_FILE)) --dir $(BACKUP_DIR) --database-only
+	$(COMPOSE) stop hub-watchdog hub
+	$(COMPOSE) run --rm --no-deps -T hub jupyterhub upgrade-db -f /srv/gpuhub/jupyterhub_config.py
+	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub hub-watchdog
+	@scripts/wait-and-greet.sh $(ENV_FILE)
 
 # --- tests -----------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml

@@ -23,6 +23,13 @@ try:
         # A generic-resource request on an Engine below 23 would get running GPU tasks killed.
         swarm.check_generic_request(s["GPUHUB_SWARM_REQUEST_GENERIC_RESOURCES"], swarm_engine.read_nodes())
         _discover = swarm_engine.cluster_inventory
+    if s["GPUHUB_HOME_SIZE"]:
+        from spawner.spawner import engine_refuses_home_size
+
+        # A limit the engine cannot enforce (no XFS project quota under its volumes) stops the hub now.
+        _refusal = engine_refuses_home_size(s["GPUHUB_HOME_SIZE"])
+        if _refusal:
+            raise settings.SettingsError(_refusal)
     gpu = gpu_config.load(s["GPUHUB_GPU_CONFIG"], discover=_discover, hub_idle_timeout=s["GPUHUB_IDLE_TIMEOUT"])
     for _why in gpu["disabled"]:
         print(f"gpuhub: {_why}", file=sys.stderr)
@@ -61,7 +68,7 @@ if os.path.isdir("/proc/self"):
     if not _names_a_proxy and os.path.exists(c.ConfigurableHTTPProxy.pid_file):
         os.remove(c.ConfigurableHTTPProxy.pid_file)
 c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
-c.JupyterHub.db_url = s["GPUHUB_DB_URL"] or f"sqlite:///{os.path.join(data_dir, 'jupyterhub.sqlite')}"
+c.JupyterHub.db_url = settings.database_url(s)
 # User servers outlive hub restarts and upgrades; the hub finds them again.
 c.JupyterHub.cleanup_servers = False
 # Named servers let a user keep a CPU server beside a GPU one; GPU quotas count across all of them.

@@ -10,6 +10,8 @@ gpuhub-hub container, the gpuhub-users network and the hub's address on it, the 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import secrets
@@ -32,6 +34,7 @@ HUB_ID = "gpuhub"
 NETWORK = "gpuhub-users"
 PROJECT = "gpuhubtest"
 DATA_VOLUME = "gpuhub-test-data"
+POSTGRES_VOLUME = "gpuhub-test-postgres"
 USER_PREFIX = "gpuhubt-dc"
 MODEL = "NVIDIA A100-SXM4-80GB"
 
@@ -125,14 +128,14 @@ class Deployment:
         self._made_network = False
 
     # --- lifecycle --------------------------------------------------------------------------
-    def up(self, timeout: float = 1200) -> Deployment:
+    def up(self, timeout: float = 1200, make_args: tuple[str, ...] = ()) -> Deployment:
         self._refuse_next_to_another_deployment()
         self._remove_own_leftovers()
         self.config_dir.mkdir(parents=True, exist_ok=True)
         (self.config_dir / "gpus.json").write_text(json.dumps(gpu_config(self.gpus)))
         self._write_settings()
         self._made_network = not self._exists(self.client.networks, NETWORK)
-        self.make("up", timeout=timeout)
+        self.make("up", timeout=timeout, args=make_args)
         self.token = self._admin_token()
         return self
 
@@ -145,6 +148,7 @@ class Deployment:
             if volume.name.startswith(f"jupyterhub-user-{USER_PREFIX}"):
                 self._remove_volume(volume.name)
         self._remove_volume(DATA_VOLUME)
+        self._remove_volume(POSTGRES_VOLUME)
         if self._made_network:
             try:
                 network = self.client.networks.get(NETWORK)
@@ -153,8 +157,10 @@ class Deployment:
             except docker.errors.DockerException:
                 pass
 
-    def make(self, target: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
-        """The Makefile target users run, on this deployment's settings file."""
+    def make(
+        self, target: str, timeout: float, check: bool = True, args: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess:
+        """The Makefile target users run, on this deployment's settings file (`args`: more VAR=value)."""
         # Variables given to an outer `make test` would reach this make through MAKEFLAGS.
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         env["COMPOSE_PROJECT_NAME"] = PROJECT
@@ -162,7 +168,7 @@ class Deployment:
             log.write(f"\n$ make {target}\n")
             log.flush()
             proc = subprocess.run(
-                ["make", target, f"ENV_FILE={self.env_file}", "BUILD_NOTEBOOK=no"],
+                ["make", target, f"ENV_FILE={self.env_file}", "BUILD_NOTEBOOK=no", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -179,6 +185,7 @@ class Deployment:
             "GPUHUB_PUBLIC_PORT": str(self.port),
             "GPUHUB_CONFIG_DIR": str(self.config_dir),
             "GPUHUB_DATA_VOLUME": DATA_VOLUME,
+            "GPUHUB_POSTGRES_VOLUME": POSTGRES_VOLUME,
             "GPUHUB_NOTEBOOK_IMAGE": self.image,
             "GPUHUB_GPU_CONFIG": "/srv/gpuhub/config/gpus.json",
             "GPUHUB_MEM_LIMIT": "1G",
@@ -231,11 +238,14 @@ class Deployment:
 
     def _remove_own_leftovers(self) -> None:
         """What an interrupted earlier run left (same project, same user prefix)."""
+        for c in self.client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}):
+            c.remove(force=True)
         for name in (WATCHDOG_CONTAINER, HUB_CONTAINER):
             if self._exists(self.client.containers, name):
                 self.client.containers.get(name).remove(force=True)
         self._remove_user_containers()
         self._remove_volume(DATA_VOLUME)
+        self._remove_volume(POSTGRES_VOLUME)
 
     def _remove_user_containers(self) -> None:
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={HUB_ID}"}):
@@ -361,6 +371,39 @@ class Deployment:
                 return
             time.sleep(0.2)
         raise AssertionError(f"server of {user} did not stop in {timeout} s")
+
+    def start_all(self, plan: dict[str, str]) -> None:
+        """Start each user's default server with its profile, then wait until all are ready."""
+        for user, profile in plan.items():
+            self.start_server(user, profile)
+        for user in plan:
+            self.wait_ready(user)
+
+    def user_token(self, user: str) -> dict[str, str]:
+        """Headers with a fresh token of `user` (as the admin may make)."""
+        r = self.api("POST", f"/users/{user}/tokens", json={"expires_in": 900, "note": "compose test"})
+        r.raise_for_status()
+        return {"Authorization": f"token {r.json()['token']}"}
+
+    def put_file(self, user: str, auth: dict[str, str], name: str, size: int = 256 * 1024) -> str:
+        """A file of random bytes in the user's home, through their server's contents API; its sha256."""
+        data = os.urandom(size)
+        r = requests.put(
+            f"{self.url}/user/{user}/api/contents/{name}",
+            json={"type": "file", "format": "base64", "content": base64.b64encode(data).decode()},
+            headers=auth,
+            timeout=60,
+        )
+        assert r.status_code in (200, 201), r.text[:300]
+        return hashlib.sha256(data).hexdigest()
+
+    def file_sum(self, user: str, auth: dict[str, str], name: str) -> str:
+        """sha256 of a file in the user's home, read through their server's contents API."""
+        r = requests.get(
+            f"{self.url}/user/{user}/api/contents/{name}", params={"format": "base64"}, headers=auth, timeout=60
+        )
+        assert r.status_code == 200, r.text[:300]
+        return hashlib.sha256(base64.b64decode(r.json()["content"])).hexdigest()
 
     def recovered(self, servers: set[tuple[str, str]], devices_held: int) -> bool:
         """The hub answers, lists every one of `servers` as ready and its ledger holds `devices_held`."""

@@ -51,7 +51,7 @@ def parse(value: Any, where: str) -> Budget:
         raise BudgetError(f"{where}: hours must be a number >= 0, got {hours!r}"[:200])
     if period not in PERIODS:
         raise BudgetError(f"{where}: period must be one of {', '.join(PERIODS)}, got {period!r}")
-    return Budget(float(hours), period)
+    return Budget(abs(float(hours)), period)  # abs: -0.0 would be written back as '-0/week'
 
 
 def _finite(n: float) -> bool:

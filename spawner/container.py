@@ -12,10 +12,13 @@ of it is decided here, so it is tested without Docker or JupyterHub.
 from __future__ import annotations
 
 import copy
+import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .sizes import parse_size
 
 LABEL_USER = "gpuhub.user"
 LABEL_SERVER = "gpuhub.server"
@@ -151,6 +154,76 @@ def binds(plan: ContainerPlan) -> dict[str, dict[str, str]]:
     result.update(copy.deepcopy({k: dict(v) for k, v in plan.binds.items()}))
     refuse_docker_socket(result)
     return result
+
+
+# --- Home size limits (GPUHUB_HOME_SIZE) --------------------------------------------------------
+#: The local volume driver's option that caps a volume (an XFS project quota; moby/moby#41330).
+HOME_SIZE_OPTION = "size"
+#: Smallest limit taken: a bare number is bytes, so "512" is far more likely a slip than a wish.
+MIN_HOME_SIZE = 10 * 1024**2
+
+
+def home_size(text: str) -> str:
+    """GPUHUB_HOME_SIZE as Docker's local driver takes it ("10G"), or "" for no limit."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise ValueError("expected a size such as 10G (K, M, G, T: powers of 1024), or empty for no limit") from None
+    if size < MIN_HOME_SIZE:
+        raise ValueError("must be at least 10M (a size such as 10G), or empty for no limit")
+    return text.upper()
+
+
+def home_volume_create(name: str, size: str) -> dict[str, Any]:
+    """docker-py `create_volume` arguments of a home volume limited to `size`."""
+    return {"name": name, "driver": "local", "driver_opts": {HOME_SIZE_OPTION: size}}
+
+
+def home_volume_problem(volume: Mapping[str, Any], size: str) -> str:
+    """Why an existing home volume (`docker volume inspect`) is not limited to `size`; "" when it is."""
+    name = volume.get("Name", "?")
+    driver = volume.get("Driver") or "local"
+    have = str((volume.get("Options") or {}).get(HOME_SIZE_OPTION) or "")
+    if driver != "local":
+        return f"home volume {name} uses the {driver!r} volume driver, so GPUHUB_HOME_SIZE={size} does not limit it"
+    if not have:
+        return (
+            f"home volume {name} was created without a size (before GPUHUB_HOME_SIZE was set), so it is NOT"
+            f" limited to {size}; docs/admin.md (Home size limits) says how to move it to a limited one"
+        )
+    try:  # Docker also takes "10GiB", "10 gb": the same powers of 1024
+        same = parse_size(re.sub(r"(?i)\s|(?<=[kmgt])i?b$", "", have)) == parse_size(size)
+    except ValueError:
+        same = False
+    return "" if same else f"home volume {name} keeps the size it was created with ({have}), not {size}"
+
+
+def home_size_refusal(size: str, reason: str) -> str:
+    """The one line a hub or a start fails with when the engine cannot limit volume sizes."""
+    reason = " ".join(reason.split())
+    return (
+        f"GPUHUB_HOME_SIZE={size}: this Docker Engine cannot limit volume sizes ({reason[:200]}); it needs"
+        " Docker's volumes folder (<data-root>/volumes) on XFS mounted with prjquota"
+        " (docs/admin.md: Home size limits), or GPUHUB_HOME_SIZE left empty"
+    )
+
+
+#: Run in a started server: the size of the filesystem its home is on, as `df` sees it (blocks, block size).
+HOME_STATFS_COMMAND = ("stat", "-f", "-c", "%b %S")
+
+
+def home_limit_enforced(statfs: str, size: str) -> bool | None:
+    """Whether the home's filesystem, as HOME_STATFS_COMMAND printed it, is the limit: XFS reports a
+    directory under an enforced project quota as a filesystem of the quota's size. None: not understood.
+    A home not limited although its volume says `size` is moby/moby#43891 (a re-created volume name)."""
+    try:
+        blocks, block_size = (int(word) for word in statfs.split())
+    except ValueError:
+        return None
+    return blocks * block_size <= parse_size(size) + 1024**2
 
 
 def host_config(plan: ContainerPlan, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from . import inventory, profiles, quota
 
 KEYS = {"profiles", "gpus", "exclude", "quota"}
+MAX_MESSAGE = 400  # characters of an error message, the path included
 
 
 class GPUConfigError(ValueError):
@@ -51,16 +52,29 @@ def load(path: str, discover=inventory.discover, hub_idle_timeout: float = 0) ->
             "disabled": [],
         }
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as e:
-        raise GPUConfigError(f"{path}: cannot read it ({e.strerror})") from None
+        raise GPUConfigError(_one_line(f"{path}: cannot read it ({e.strerror})")) from None
+    except UnicodeDecodeError as e:
+        raise GPUConfigError(_one_line(f"{path}: not UTF-8 text (byte {e.start})")) from None
     except json.JSONDecodeError as e:
-        raise GPUConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise GPUConfigError(_one_line(f"{path}: not valid JSON ({e.msg} at line {e.lineno})")) from None
+    except RecursionError:
+        raise GPUConfigError(_one_line(f"{path}: not valid JSON (nested too deeply)")) from None
+    except ValueError as e:  # a number of more digits than Python reads (sys.get_int_max_str_digits())
+        raise GPUConfigError(_one_line(f"{path}: not valid JSON ({str(e).split(':')[0]})")) from None
     try:
         return _validate(data, discover, hub_idle_timeout)
     except (GPUConfigError, inventory.InventoryError, profiles.ProfileError, quota.QuotaError) as e:
-        raise GPUConfigError(f"{path}: {e}") from None
+        raise GPUConfigError(_one_line(f"{path}: {e}")) from None
+
+
+def _one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as the hub prints it: one line (keys and values from the file may hold newlines or
+    other unprintable characters: escaped), at most `limit` characters (they may be very long)."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _validate(data: Any, discover, hub_idle_timeout: float = 0) -> dict[str, Any]:
@@ -105,5 +119,5 @@ def _validate(data: Any, discover, hub_idle_timeout: float = 0) -> dict[str, Any
         "default": default,
         "groups": groups,
         "inventory": found,
-        "disabled": [f"{why}: disabled until it can" for why in disabled if why],
+        "disabled": [_one_line(f"{why}: disabled until it can") for why in disabled if why],
     }

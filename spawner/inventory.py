@@ -69,7 +69,7 @@ def from_static(entries: Iterable[Mapping[str, Any] | str], exclude: Iterable[st
         written = str(entry.get("uuid", ""))
         uuid = canonical_uuid(written)
         profile = entry.get("mig_profile")
-        if not _STATIC_UUID.match(uuid):
+        if not _STATIC_UUID.fullmatch(uuid):
             raise InventoryError(f"static device #{i + 1}: uuid {written!r} is not a GPU-… or MIG-… UUID")
         if uuid in seen:
             raise InventoryError(f"static device {uuid} is listed twice")
@@ -80,11 +80,11 @@ def from_static(entries: Iterable[Mapping[str, Any] | str], exclude: Iterable[st
         parent = entry.get("parent")
         if parent is not None:
             parent = canonical_uuid(str(parent))
-            if profile is not None and not _GPU_UUID.match(parent):
+            if profile is not None and not _GPU_UUID.fullmatch(parent):
                 raise InventoryError(f"static device {uuid}: parent {entry['parent']!r} is not a GPU-… UUID")
         try:
             memory = int(entry.get("memory_mib", 0))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InventoryError(f"static device {uuid}: memory_mib must be a whole number") from None
         seen.add(uuid)
         listed.append((uuid, str(entry.get("model", "")), memory, profile, parent))

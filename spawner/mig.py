@@ -30,7 +30,7 @@ KNOWN_PROFILES = frozenset(
 
 def is_profile_name(name: str) -> bool:
     """Whether `name` is spelled like a MIG profile ("1g.10gb", "1g.10gb+me"); lower-case only."""
-    return bool(_PROFILE.match(name))
+    return bool(_PROFILE.fullmatch(name))
 
 
 def from_nvml_name(name: str) -> str | None:

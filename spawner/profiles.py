@@ -30,6 +30,9 @@ from .sizes import parse_size
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 _LIMIT_KEYS = {"gpu_idle_timeout", "gpu_idle_threshold", "max_runtime", "idle_timeout"}
 _KEYS = {"slug", "display_name", "description", "default", "gpu", "mem_limit", "cpu_limit", "image"} | _LIMIT_KEYS
+# More than any host has; the engines get the limit as a 64-bit count (Docker: CPU-microseconds per
+# 100 ms period, Swarm: nano-CPUs), which NaN, infinity or 1e308 CPUs would not fit.
+MAX_CPUS = 1_000_000
 
 
 class ProfileError(ValueError):
@@ -77,7 +80,7 @@ def parse(
         if not isinstance(entry, Mapping):
             raise ProfileError(f"{where} must be a dict, got {type(entry).__name__}")
         slug = entry.get("slug")
-        if not isinstance(slug, str) or not _SLUG.match(slug):
+        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
             raise ProfileError(f"{where}: slug {slug!r} must be lower-case letters, digits and '-'")
         where = f"profile {slug!r}"
         unknown = set(entry) - _KEYS
@@ -93,11 +96,15 @@ def parse(
         if mem is not None:
             try:
                 parse_size(str(mem))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ProfileError(f"{where}: mem_limit {mem!r} is not a size such as 16G") from None
+            # DockerSpawner's mem_limit trait reads a string only with its unit (and no spaces).
+            mem = str(mem).strip().upper()
+            if not mem.endswith(("K", "M", "G", "T")):
+                raise ProfileError(f"{where}: mem_limit {mem!r} needs a unit: K, M, G or T, as in 16G")
         cpu = entry.get("cpu_limit")
-        if cpu is not None and (not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu <= 0):
-            raise ProfileError(f"{where}: cpu_limit must be a positive number of CPUs")
+        if cpu is not None and (not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or not 0 < cpu <= MAX_CPUS):
+            raise ProfileError(f"{where}: cpu_limit must be a positive number of CPUs, at most {MAX_CPUS}")
         image = entry.get("image")
         if image is not None and (not isinstance(image, str) or not image):
             raise ProfileError(f"{where}: image must be an image name")
@@ -108,7 +115,7 @@ def parse(
                 str(entry.get("description", "")),
                 bool(entry.get("default", False)),
                 request,
-                str(mem).upper() if mem is not None else None,
+                mem,
                 float(cpu) if cpu is not None else None,
                 image,
                 _limits(entry, where, request, hub_idle_timeout),
@@ -132,6 +139,8 @@ def _gpu(spec: Any, where: str, known_mig: Iterable[str]) -> Request | None:
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ProfileError(f"{where}: gpu count must be a whole number >= 1, got {count!r}")
     mig_profile, model = spec.get("mig_profile"), spec.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ProfileError(f"{where}: gpu model must be a GPU model name such as 'NVIDIA A100-SXM4-80GB'")
     if mig_profile is not None and model is not None:
         raise ProfileError(f"{where}: gpu names a mig_profile or a model, not both")
     if mig_profile is not None and (

@@ -48,6 +48,36 @@ def _template_literal(value):
     return value
 
 
+def _reason(e: Exception) -> str:
+    """Docker's one-line reason, without the "create NAME: " its volume errors start with."""
+    text = str(getattr(e, "explanation", "") or e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line.split(": ", 1)[1] if line.startswith("create ") and ": " in line else line
+
+
+def engine_refuses_home_size(size: str) -> str:
+    """At hub start: the one-line refusal when the Docker Engine cannot limit volumes to `size`, else "".
+    Asks by creating (and removing) a volume of that size under a name of its own; an engine that does
+    not answer is not refused here (each start asks again)."""
+    import secrets
+
+    from docker.utils import kwargs_from_env
+
+    name = f"gpuhub-home-size-probe-{secrets.token_hex(6)}"
+    try:
+        client = docker.APIClient(**{**kwargs_from_env(), "version": "auto", "timeout": 30})
+        client.create_volume(**container.home_volume_create(name, size))
+    except docker.errors.APIError as e:
+        return container.home_size_refusal(size, _reason(e)) if e.is_client_error() else ""
+    except Exception:  # noqa: BLE001 - no engine, no answer: the starts will say
+        return ""
+    try:
+        client.remove_volume(name)
+    except docker.errors.DockerException:
+        pass
+    return ""
+
+
 #: Stops by someone other than the owner, as the hub page words them (spawner/stop_reasons.py).
 STOPPED_BY = {
     "admin": "an admin, lab admin or instructor stopped it",
@@ -110,6 +140,27 @@ class GPUDockerSpawner(DockerSpawner):
         min=64,
         help="Most processes and threads a user container may run (a fork bomb stops here).",
     ).tag(config=True)
+
+    home_size = Unicode(
+        "",
+        help="""
+        Most each user's home volume may hold, e.g. `10G` (K, M, G, T are powers of 1024); empty:
+        no limit. A missing home volume is created with the local driver's `size` option before
+        the container, and Docker enforces it with an XFS project quota: writes past it fail with
+        "No space left on device" in that user's servers only. Needs Docker's volumes folder
+        (`<data-root>/volumes`) on XFS mounted with `prjquota`; on any other engine the start fails
+        with one line saying so. A home volume that already exists keeps what it was made with (no
+        limit, or another size): the hub log says so at each start of its user. One Docker host
+        only, not GPUSwarmSpawner.
+        """,
+    ).tag(config=True)
+
+    @validate("home_size")
+    def _home_size_is_a_size(self, proposal):
+        try:
+            return container.home_size(proposal.value)
+        except ValueError as e:
+            raise ValueError(f"GPUDockerSpawner.home_size={proposal.value!r} is invalid: {e}") from None
 
     hub_id = Unicode(
         "gpuhub",
@@ -353,9 +404,7 @@ class GPUDockerSpawner(DockerSpawner):
             hub_id=self.hub_id,
             username=self.user.name,
             server_name=self.name or "",
-            home_volume=self.home_volume.format(
-                **{**self.template_namespace(), "username": container.volume_safe(self.user.name)}
-            ),
+            home_volume=self._home_volume_name(),
             home_path=self.home_path,
             user=self.notebook_user,
             mem_limit=self.mem_limit,
@@ -366,6 +415,11 @@ class GPUDockerSpawner(DockerSpawner):
             lease=(self._ticket.lease_id or "") if self._ticket else "",
             profile=plan.profile.slug if plan else "",
             binds=plan.courses.binds if plan else {},
+        )
+
+    def _home_volume_name(self) -> str:
+        return self.home_volume.format(
+            **{**self.template_namespace(), "username": container.volume_safe(self.user.name)}
         )
 
     @property
@@ -411,6 +465,63 @@ class GPUDockerSpawner(DockerSpawner):
                 f"Notebook image {image!r} is not on this Docker host and could not be pulled"
                 f" ({reason}). An admin can build it with `make images`.",
             ) from None
+
+    # --- the home's size limit (GPUHUB_HOME_SIZE) ---------------------------------------------------
+    _home_limited = False  # this start's home volume carries home_size (then checked once it runs)
+
+    async def _ensure_home_volume(self) -> bool:
+        """With a home_size, create a missing home volume with it (before anything is queued or
+        created); say in the hub log when an existing one does not carry it. Whether it does."""
+        if not self.home_size:
+            return False
+        name = self._home_volume_name()
+        try:
+            volume = await self.docker("inspect_volume", name)
+        except docker.errors.NotFound:
+            volume = None
+        except docker.errors.DockerException as e:
+            raise web.HTTPError(503, f"Docker did not answer about home volume {name} ({_reason(e)})") from None
+        if volume is None:
+            try:  # a second start racing this one gets the same volume back
+                volume = await self.docker("create_volume", **container.home_volume_create(name, self.home_size))
+            except docker.errors.APIError as e:
+                if e.is_client_error():  # "quota size requested but no quota support"
+                    line = container.home_size_refusal(self.home_size, _reason(e))
+                    self.log.error("gpuhub: %s: %s", self.owner, line)
+                    raise web.HTTPError(500, line) from None
+                raise web.HTTPError(503, f"Docker could not create home volume {name} ({_reason(e)})") from None
+            except docker.errors.DockerException as e:
+                raise web.HTTPError(503, f"Docker could not create home volume {name} ({_reason(e)})") from None
+            self.log.info("gpuhub: %s: created home volume %s limited to %s", self.owner, name, self.home_size)
+        problem = container.home_volume_problem(volume, self.home_size)
+        if problem:
+            self.log.warning("gpuhub: %s: %s", self.owner, problem)
+        return not problem
+
+    async def _check_home_limit(self) -> None:
+        """Whether the running server's home really is limited (moby/moby#43891: a volume name removed
+        and made again gets no quota until dockerd restarts, though its options still say `size`)."""
+        try:
+            run = await self.docker(
+                "exec_create",
+                self.container_id,
+                [*container.HOME_STATFS_COMMAND, self.home_path],
+                user=self.notebook_user,
+            )
+            output = await asyncio.wait_for(self.docker("exec_start", run["Id"]), 10)
+        except (docker.errors.DockerException, asyncio.TimeoutError, OSError) as e:
+            self.log.debug("gpuhub: %s: could not check the home's limit (%s)", self.owner, e)
+            return
+        enforced = container.home_limit_enforced(output.decode(errors="replace"), self.home_size)
+        if enforced is False:
+            self.log.error(
+                "gpuhub: %s: home volume %s says size=%s but Docker does not enforce it: the volume was removed"
+                " and made again under the same name since dockerd started (moby/moby#43891); restart dockerd"
+                " (docs/admin.md: Home size limits)",
+                self.owner,
+                self._home_volume_name(),
+                self.home_size,
+            )
 
     # --- GPUs: admission, leases, the queue ----------------------------------------------------
     _plan: admission.SpawnPlan | None = None
@@ -578,6 +689,7 @@ class GPUDockerSpawner(DockerSpawner):
         except ServiceBusy as e:
             raise web.HTTPError(409, str(e)) from None
         await svc.refresh_nodes()  # Swarm: a node paused a moment ago gets no new server
+        self._home_limited = await self._ensure_home_volume()
         choices = profiles.parse(self.profile_list, svc.inventory)
         config = quota.GPUQuota(parent=self)
         groups = self._groups()
@@ -634,6 +746,8 @@ class GPUDockerSpawner(DockerSpawner):
             ip, port = await self._start_container(svc, ticket)
             await self._wait_until_answering(ip, port)
             await self._log_course_sync()
+            if self._home_limited:
+                await self._check_home_limit()
         self._started = {"profile": ticket.plan.profile.slug, "at": time.time(), "charged_to": ticket.plan.charged_to}
         self._last_stop = None
         self._watch(svc)

@@ -253,6 +253,11 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             labels=labels,
         )
 
+    async def _ensure_home_volume(self) -> bool:
+        if self.home_size:  # settings.load refuses GPUHUB_HOME_SIZE with GPUHUB_BACKEND=swarm
+            raise web.HTTPError(500, "gpuhub configuration error: home_size works on one Docker host, not on Swarm")
+        return False
+
     async def _start_container(self, svc, ticket):
         await self._prepare_home()
         return await super()._start_container(svc, ticket)

@@ -11,13 +11,10 @@ from gpuhub's bookkeeping.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import subprocess
 import time
 
-import docker
 import pytest
 import requests
 
@@ -28,56 +25,32 @@ from harness.compose import (
     ROOT,
     WATCHDOG_CONTAINER,
     Deployment,
-    EngineBusy,
     engine_view,
     holders,
     standin_gpus,
-    unique_users,
     who_holds,
 )
 from harness.hub import ensure_network
 from harness.kernel import Kernel
 
+from . import compose_support
 from .browserless import UserSession
+from .compose_support import require_nvidia_device_requests, up_or_skip
 
 GPUS = standin_gpus(4)
 RECOVERY_TIMEOUT = 90
 PIDS_LIMIT = 512  # the fork bomb's ceiling: low enough that 2 cores reach it in seconds
+users = compose_support.users  # fixture
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, docker_client, test_image):
-    _require_nvidia_device_requests(docker_client, test_image)
-    d = Deployment(tmp_path_factory.mktemp("compose"), test_image, GPUS, {"GPUHUB_PIDS_LIMIT": str(PIDS_LIMIT)})
-    try:
-        d.up()
-    except EngineBusy as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"{e}; these tests run their own deployment under the same names")
-    except BaseException:
-        print(f"--- make up ---\n{d.log_tail()}\n--- hub ---\n{d.hub_log()}")
-        d.down()
-        raise
+    require_nvidia_device_requests(docker_client, test_image, GPUS[0])
+    d = up_or_skip(
+        Deployment(tmp_path_factory.mktemp("compose"), test_image, GPUS, {"GPUHUB_PIDS_LIMIT": str(PIDS_LIMIT)})
+    )
     yield d
     d.down()
-
-
-@pytest.fixture
-def users(deployment):
-    """Fresh user names; their servers are stopped after the test, whatever happened."""
-    made: list[str] = []
-
-    def make(count: int) -> list[str]:
-        made.extend(unique_users(count))
-        return made[-count:]
-
-    yield make
-    for user in made:
-        try:
-            deployment.stop_server(user)
-        except Exception:
-            pass  # down() removes the containers anyway
 
 
 @pytest.fixture(autouse=True)
@@ -86,32 +59,6 @@ def hub_log_on_failure(request, deployment):
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(f"--- {deployment.log_path} ---\n{deployment.log_tail()}\n--- hub ---\n{deployment.hub_log(tail=120)}")
-
-
-def _require_nvidia_device_requests(client, image):
-    """Skip where dockerd has no nvidia driver (no stand-in hook), except in CI, where that is a failure."""
-    probe = client.containers.create(
-        image,
-        ["true"],
-        name=unique_users(1, "probe")[0],
-        network_mode="none",
-        device_requests=[docker.types.DeviceRequest(driver="nvidia", device_ids=[GPUS[0]], capabilities=[["gpu"]])],
-    )
-    try:
-        probe.start()
-    except docker.errors.APIError as e:
-        if "could not select device driver" in str(e) and not os.environ.get("CI"):
-            pytest.skip("this dockerd has no nvidia driver: start it with .ci/start-dockerd (stand-in hook on PATH)")
-        raise
-    finally:
-        probe.remove(force=True)
-
-
-def start_all(deployment, plan: dict[str, str]) -> None:
-    for user, profile in plan.items():
-        deployment.start_server(user, profile)
-    for user in plan:
-        deployment.wait_ready(user)
 
 
 def assert_recovers_by_itself(deployment, killed_at: float, servers: set, devices_held: int) -> float:
@@ -152,7 +99,7 @@ def test_a_sigkilled_hub_comes_back_by_itself_with_every_server_and_device_where
     deployment, docker_client, users
 ):
     cpu, one, two, late, waiting = users(5)
-    start_all(deployment, {cpu: "cpu", one: "gpu", two: "gpu-x2"})
+    deployment.start_all({cpu: "cpu", one: "gpu", two: "gpu-x2"})
     before = engine_view(docker_client)
     held = who_holds(docker_client)
     assert sorted(held.values()) == sorted([one, two, two])
@@ -166,7 +113,7 @@ def test_a_sigkilled_hub_comes_back_by_itself_with_every_server_and_device_where
 
     # The rebuilt ledger knows what is held: a new spawn gets the one free device, the next one waits.
     (free,) = set(GPUS) - set(held)
-    start_all(deployment, {late: "gpu"})
+    deployment.start_all({late: "gpu"})
     assert who_holds(docker_client) == {**held, free: late}
     deployment.start_server(waiting, "gpu")
     events = deployment.progress(waiting, lambda e: "Waiting for a GPU" in e.get("message", ""), timeout=60)
@@ -179,7 +126,7 @@ def test_a_sigkilled_hub_comes_back_by_itself_with_every_server_and_device_where
 
 def test_a_hub_killed_twice_in_a_row_still_comes_back_without_a_restart_loop(deployment, docker_client, users):
     one, two, cpu, late = users(4)
-    start_all(deployment, {one: "gpu", two: "gpu-x2", cpu: "cpu"})
+    deployment.start_all({one: "gpu", two: "gpu-x2", cpu: "cpu"})
     before = engine_view(docker_client)
     held = who_holds(docker_client)
     assert len(held) == 3
@@ -193,7 +140,7 @@ def test_a_hub_killed_twice_in_a_row_still_comes_back_without_a_restart_loop(dep
     assert_no_restart_loop(deployment, first, kills=2)
 
     (free,) = set(GPUS) - set(held)
-    start_all(deployment, {late: "gpu"})
+    deployment.start_all({late: "gpu"})
     assert who_holds(docker_client) == {**held, free: late}
 
 
@@ -215,12 +162,6 @@ def test_a_hub_stopped_on_purpose_stays_stopped_until_started(deployment):
 def holdings_of(docker_client, users) -> dict[str, str]:
     """device -> user, for these users only: an earlier test's server may still be going away."""
     return {device: user for device, user in who_holds(docker_client).items() if user in users}
-
-
-def user_token(deployment, user: str) -> dict[str, str]:
-    r = deployment.api("POST", f"/users/{user}/tokens", json={"expires_in": 900, "note": "compose test"})
-    r.raise_for_status()
-    return {"Authorization": f"token {r.json()['token']}"}
 
 
 def home_page(deployment, user: str) -> str:
@@ -249,9 +190,9 @@ def test_a_kernel_past_the_memory_limit_is_killed_and_its_student_told_why_while
     deployment, docker_client, users
 ):
     student, neighbour = users(2)
-    start_all(deployment, {student: "gpu", neighbour: "cpu"})
+    deployment.start_all({student: "gpu", neighbour: "cpu"})
     held = holdings_of(docker_client, (student, neighbour))
-    auth, neighbour_auth = user_token(deployment, student), user_token(deployment, neighbour)
+    auth, neighbour_auth = deployment.user_token(student), deployment.user_token(neighbour)
     limit = deployment.setting("GPUHUB_MEM_LIMIT")
 
     with Kernel(deployment.url, student, auth["Authorization"].split()[1], timeout=180) as kernel:
@@ -299,9 +240,9 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_hub_and_other_servers_keep_
     deployment, docker_client, users
 ):
     student, neighbour = users(2)
-    start_all(deployment, {student: "gpu", neighbour: "gpu"})
+    deployment.start_all({student: "gpu", neighbour: "gpu"})
     held = holdings_of(docker_client, (student, neighbour))
-    auth, neighbour_auth = user_token(deployment, student), user_token(deployment, neighbour)
+    auth, neighbour_auth = deployment.user_token(student), deployment.user_token(neighbour)
     bomber = user_container(docker_client, student)
     assert bomber.attrs["HostConfig"]["PidsLimit"] == PIDS_LIMIT
 
@@ -366,27 +307,6 @@ def hub_may_reach_users() -> bool:
     return subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode == 0
 
 
-def put_file(deployment, user: str, auth: dict[str, str], name: str) -> str:
-    """A file of random bytes in the user's home, through their server's contents API; its sha256."""
-    data = os.urandom(256 * 1024)
-    r = requests.put(
-        f"{deployment.url}/user/{user}/api/contents/{name}",
-        json={"type": "file", "format": "base64", "content": base64.b64encode(data).decode()},
-        headers=auth,
-        timeout=60,
-    )
-    assert r.status_code in (200, 201), r.text[:300]
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sum(deployment, user: str, auth: dict[str, str], name: str) -> str:
-    r = requests.get(
-        f"{deployment.url}/user/{user}/api/contents/{name}", params={"format": "base64"}, headers=auth, timeout=60
-    )
-    assert r.status_code == 200, r.text[:300]
-    return hashlib.sha256(base64.b64decode(r.json()["content"])).hexdigest()
-
-
 def wait_stopped_cleanly(deployment, docker_client, names: list[str], auth: dict[str, dict]) -> None:
     """The hub lists none of them as running, holds no device for them and says why on their page."""
     deadline = time.monotonic() + 120
@@ -399,9 +319,9 @@ def wait_stopped_cleanly(deployment, docker_client, names: list[str], auth: dict
 
 
 def start_and_check_homes(deployment, sums: dict[str, str], auth: dict[str, dict], profiles: dict[str, str]) -> None:
-    start_all(deployment, profiles)
+    deployment.start_all(profiles)
     for user, digest in sums.items():
-        assert file_sum(deployment, user, auth[user], "kept.bin") == digest, f"{user}'s file changed"
+        assert deployment.file_sum(user, auth[user], "kept.bin") == digest, f"{user}'s file changed"
 
 
 def test_after_a_simulated_reboot_the_boot_unit_brings_gpuhub_back_with_servers_stopped_cleanly_and_homes_intact(
@@ -409,9 +329,9 @@ def test_after_a_simulated_reboot_the_boot_unit_brings_gpuhub_back_with_servers_
 ):
     cpu, gpu = users(2)
     profiles = {cpu: "cpu", gpu: "gpu"}
-    start_all(deployment, profiles)
-    auth = {u: user_token(deployment, u) for u in profiles}
-    sums = {u: put_file(deployment, u, auth[u], "kept.bin") for u in profiles}
+    deployment.start_all(profiles)
+    auth = {u: deployment.user_token(u) for u in profiles}
+    sums = {u: deployment.put_file(u, auth[u], "kept.bin") for u in profiles}
     assert hub_may_reach_users()
 
     # The reboot: every gpuhub container dies at once, the firewall is empty, dockerd starts afresh.
@@ -441,9 +361,9 @@ def test_a_dockerd_restart_keeps_servers_with_live_restore_and_stops_them_cleanl
     cpu, gpu, later = users(3)
     profiles = {cpu: "cpu", gpu: "gpu"}
     with dockerd.live_restore(live):
-        start_all(deployment, profiles)
-        auth = {u: user_token(deployment, u) for u in profiles}
-        sums = {u: put_file(deployment, u, auth[u], "kept.bin") for u in profiles}
+        deployment.start_all(profiles)
+        auth = {u: deployment.user_token(u) for u in profiles}
+        sums = {u: deployment.put_file(u, auth[u], "kept.bin") for u in profiles}
         before = engine_view(docker_client)
         held = holdings_of(docker_client, profiles)
         dockerd.stop()
@@ -459,8 +379,8 @@ def test_a_dockerd_restart_keeps_servers_with_live_restore_and_stops_them_cleanl
                 time.sleep(1)
             for user, digest in sums.items():
                 assert answers(deployment, user, auth[user])
-                assert file_sum(deployment, user, auth[user], "kept.bin") == digest
-            start_all(deployment, {later: "gpu"})  # the re-created hub talks to the new dockerd
+                assert deployment.file_sum(user, auth[user], "kept.bin") == digest
+            deployment.start_all({later: "gpu"})  # the re-created hub talks to the new dockerd
         else:
             wait_stopped_cleanly(deployment, docker_client, list(profiles), auth)
             start_and_check_homes(deployment, sums, auth, profiles)

@@ -31,6 +31,9 @@ def test_the_makefile_reads_host_side_settings_from_the_settings_file():
     makefile = (ROOT / "Makefile").read_text()
     used = re.findall(r"\$\(call env_setting,(GPUHUB_[A-Z_]+),([^)]*)\)", makefile)
     assert ("GPUHUB_NETWORK", DEFAULTS["GPUHUB_NETWORK"]) in used
+    # Settings only compose reads (images, volumes) have their defaults in docker-compose.yml.
+    compose = dict(re.findall(r"\$\{(GPUHUB_[A-Z_]+):-([^}]*)\}", (ROOT / "docker-compose.yml").read_text()))
     for name, default in used:
-        assert default == DEFAULTS[name], f"Makefile defaults {name} to {default!r}, the table to {DEFAULTS[name]!r}"
+        expected = DEFAULTS[name] if name in DEFAULTS else compose[name]
+        assert default == expected, f"Makefile defaults {name} to {default!r}, the table/compose to {expected!r}"
     assert "gpuhub-users" not in makefile.replace("env_setting,GPUHUB_NETWORK,gpuhub-users", "")

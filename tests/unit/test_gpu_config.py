@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from spawner import gpu_config
+from spawner import gpu_config, profiles, quota
 from spawner.gpu_config import GPUConfigError
 from spawner.inventory import Inventory
 
@@ -138,3 +138,88 @@ def test_a_bad_limit_or_budget_stops_the_hub_with_one_line_naming_the_file(tmp_p
     with pytest.raises(GPUConfigError) as e:
         gpu_config.load(path, hub_idle_timeout=3600)
     assert str(e.value).startswith(f"{path}: ") and words in str(e.value) and "\n" not in str(e.value)
+
+
+# Found by fuzzing (test_gpu_config_fuzz.py): each of these stopped the hub with a traceback or with
+# a message of several lines or thousands of characters, or loaded but broke the first spawn.
+
+
+def one_line_error(path):
+    with pytest.raises(GPUConfigError) as e:
+        gpu_config.load(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and message.isprintable() and len(message) <= gpu_config.MAX_MESSAGE
+    return message
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"\x80{}", "not UTF-8 text (byte 0)"),
+        (b"\xff\xfe{\x00}\x00", "not UTF-8 text (byte 0)"),  # UTF-16
+        (b"[" * 100_000, "not valid JSON (nested too deeply)"),
+        (b"1" * 5000, ""),  # more digits than Python reads into an int (3.11: not valid JSON)
+    ],
+)
+def test_a_file_python_cannot_decode_gives_one_line(tmp_path, content, words):
+    path = tmp_path / "gpus.json"
+    path.write_bytes(content)
+    assert words in one_line_error(str(path))
+
+
+CPU = {"slug": "cpu", "display_name": "CPU"}
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({**GOOD, "a\nb": 1}, r"unknown keys: a\nb (allowed"),
+        ({**GOOD, "\x1e": 1}, r"unknown keys: \x1e (allowed"),
+        ({**GOOD, "x" * 5000: 1}, "unknown keys: xxxxxxxxxx"),
+        ({**GOOD, "profiles": [{**CPU, "slug": "x" * 5000}]}, "profile #1: slug 'xxxxxxxxxx"),
+        ({**GOOD, "exclude": ["GPU-x\ny"]}, r"exclude entry GPU-x\ny matches no static device"),
+        ({**GOOD, "quota": {"default": {"profiles": ["x\ny"]}}}, r"names unknown profile(s): x\ny"),
+        ({**GOOD, "profiles": [{**CPU, "cpu_limit": 10**400}]}, "profile 'cpu': cpu_limit must be a positive number"),
+        ({**GOOD, "profiles": [{**CPU, "cpu_limit": float("nan")}]}, "profile 'cpu': cpu_limit must be a positive"),
+        ({**GOOD, "profiles": [{**CPU, "cpu_limit": float("inf")}]}, "profile 'cpu': cpu_limit must be a positive"),
+        ({**GOOD, "profiles": [{**CPU, "cpu_limit": 1e308}]}, "profile 'cpu': cpu_limit must be a positive"),
+        ({**GOOD, "profiles": [{**CPU, "mem_limit": "9" * 400 + "G"}]}, "profile 'cpu': mem_limit '9999"),
+        ({**GOOD, "profiles": [{**CPU, "mem_limit": 16}]}, "profile 'cpu': mem_limit '16' needs a unit"),
+        ({**GOOD, "profiles": [{**CPU, "mem_limit": "0"}]}, "profile 'cpu': mem_limit '0' needs a unit"),
+        ({**GOOD, "profiles": [{**CPU, "gpu": {"model": {"name": "A100"}}}]}, "profile 'cpu': gpu model must be"),
+        ({**GOOD, "profiles": [{**CPU, "slug": "cpu\n"}]}, r"profile #1: slug 'cpu\n' must be"),
+        ({**GOOD, "gpus": [{"uuid": "GPU-a", "memory_mib": float("inf")}]}, "GPU-a: memory_mib must be a whole number"),
+        ({**GOOD, "gpus": ["GPU-a\n"]}, r"static device #1: uuid 'GPU-a\n' is not a GPU-… or MIG-… UUID"),
+        (
+            {**GOOD, "gpus": [{"uuid": "MIG-b", "mig_profile": "1g.10gb\n", "parent": "GPU-c"}]},
+            r"static device MIG-b: '1g.10gb\n' is not a MIG profile name",
+        ),
+        (
+            {**GOOD, "gpus": [{"uuid": "MIG-b", "mig_profile": "1g.10gb", "parent": "GPU-c\n"}]},
+            r"static device MIG-b: parent 'GPU-c\n' is not a GPU-… UUID",
+        ),
+    ],
+)
+def test_odd_keys_and_values_are_named_on_one_short_line(tmp_path, data, words):
+    assert words in one_line_error(write(tmp_path, data))
+
+
+def test_a_memory_limit_is_kept_as_docker_spawner_reads_it(tmp_path):
+    from jupyterhub.traitlets import ByteSpecification
+
+    data = {**GOOD, "profiles": [{**CPU, "mem_limit": " 16g "}, GOOD["profiles"][1]]}
+    parsed = profiles.parse(gpu_config.load(write(tmp_path, data))["profiles"])
+    assert parsed[0].mem_limit == "16G" and ByteSpecification().validate(None, "16G") == 16 * 2**30
+
+
+def test_a_budget_of_minus_zero_hours_is_written_back_as_it_is_read(tmp_path):
+    data = {**GOOD, "quota": {"default": {"gpu_hours_per_user": {"hours": -0.0, "period": "week"}}}}
+    default = gpu_config.load(write(tmp_path, data))["default"]
+    assert quota.written(quota.parse(default, "default")) == {"gpu_hours_per_user": "0/week"}
+
+
+def test_a_disabled_profile_is_told_on_one_line(tmp_path):
+    data = {**GOOD, "profiles": GOOD["profiles"] + [{"slug": "x", "display_name": "X", "gpu": {"model": "A\nB"}}]}
+    assert gpu_config.load(write(tmp_path, data))["disabled"] == [
+        r"profile 'x' asks for A\nB but this host has 0 such device(s): disabled until it can"
+    ]

@@ -63,6 +63,19 @@ def test_admin_and_user_passwords_must_differ():
         settings.load({"GPUHUB_SHARED_PASSWORD": "b" * 32, "GPUHUB_ADMIN_PASSWORD": "b" * 32})
 
 
+def test_the_database_setting_names_sqlite_postgres_or_a_url_of_ones_own():
+    assert settings.database_url(settings.load(GOOD)) == "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
+    # The compose profile's server, with the password quoted into the URL (psycopg2 is in the hub image).
+    pg = settings.load({**GOOD, "GPUHUB_DATABASE": "postgres", "GPUHUB_POSTGRES_PASSWORD": "p@ss/word"})
+    assert settings.database_url(pg) == "postgresql+psycopg2://gpuhub:p%40ss%2Fword@postgres/gpuhub"
+    own = {**GOOD, "GPUHUB_DATABASE": "postgres", "GPUHUB_DB_URL": "postgresql+psycopg2://hub@db.lab/hub"}
+    assert settings.database_url(settings.load(own)) == "postgresql+psycopg2://hub@db.lab/hub"
+    with pytest.raises(settings.SettingsError, match="^GPUHUB_DATABASE=postgres needs GPUHUB_POSTGRES_PASSWORD"):
+        settings.load({**GOOD, "GPUHUB_DATABASE": "postgres"})
+    with pytest.raises(settings.SettingsError, match="^GPUHUB_DATABASE='mysql' is invalid"):
+        settings.load({**GOOD, "GPUHUB_DATABASE": "mysql"})
+
+
 def test_readme_documents_every_setting_and_env_example_lists_them():
     root = pathlib.Path(__file__).parents[2]
     admin_page = (root / "docs" / "admin.md").read_text()
