@@ -15,9 +15,11 @@ import os
 import sqlite3
 import subprocess
 import tarfile
+import threading
 import time
 
 import pytest
+import requests
 
 from harness.compose import ROOT, Deployment, engine_view, holders, standin_gpus
 
@@ -32,6 +34,48 @@ users = compose_support.users  # fixture
 
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Outage:
+    """The longest stretch during which the hub (/hub/health) or a user's server (through the proxy) did not answer."""
+
+    def __init__(self, deployment, user: str, auth: dict[str, str]):
+        self.urls = {
+            "hub": (f"{deployment.url}/hub/health", {}),
+            "user": (f"{deployment.url}/user/{user}/api/status", auth),
+        }
+        self.longest = self.longest_user = 0.0
+        self._stop = threading.Event()
+
+    def _watch(self) -> None:
+        down: dict[str, float | None] = {"hub": None, "user": None}
+        while not self._stop.is_set():
+            for name, (url, headers) in self.urls.items():
+                try:
+                    ok = requests.get(url, headers=headers, timeout=1).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                now = time.monotonic()
+                if not ok and down[name] is None:
+                    down[name] = now
+                elif ok and down[name] is not None:
+                    took = now - down[name]
+                    down[name] = None
+                    if name == "hub":
+                        self.longest = max(self.longest, took)
+                    else:
+                        self.longest_user = max(self.longest_user, took)
+            time.sleep(0.1)
+
+    def __enter__(self) -> Outage:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(2)  # the last outage ends after make returns (wait-and-greet sees the hub first)
+        self._stop.set()
+        self._thread.join()
 
 
 def image_id(name: str) -> str:
@@ -103,8 +147,12 @@ def test_make_upgrade_keeps_running_servers_and_their_devices_and_new_starts_get
 
     backups = tmp_path / "backups"
     started = time.monotonic()
-    deployment.make("upgrade", timeout=900, args=(f"BACKUP_DIR={backups}",))
-    print(f"make upgrade from {commit[:12]} took {time.monotonic() - started:.1f} s")
+    with Outage(deployment, gpu, auth[gpu]) as outage:
+        deployment.make("upgrade", timeout=900, args=(f"BACKUP_DIR={backups}",))
+    print(
+        f"make upgrade from {commit[:12]} took {time.monotonic() - started:.1f} s; the hub did not answer for"
+        f" {outage.longest:.1f} s, {gpu}'s server through the proxy for {outage.longest_user:.1f} s"
+    )
 
     # The new hub runs this tree's image.
     hub = docker_client.containers.get("gpuhub-hub")
