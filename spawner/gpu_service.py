@@ -332,6 +332,11 @@ class GPUService:
         finally:
             WAIT_SECONDS.observe(self.clock() - started)
 
+    def user_notice(self, owner: str, container_id: str):
+        """What a running server's user is told: its stop warning (with `stop_at`), else what happened
+        in it lately (an incident, with `at`), else None. The home page and JupyterLab's banner show it."""
+        return self.ops.notice(owner) or self.incidents.current(owner, container_id)
+
     def bind(self, ticket: Ticket, container_id: str) -> None:
         """The start created its container: the lease is that container's from now on."""
         self._claimed[container_id] = self.clock()

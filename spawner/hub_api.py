@@ -75,34 +75,17 @@ class NoticeHandler(APIHandler):
             raise web.HTTPError(404, f"{user.name} has no server named {server!r}")
         svc = await _service(self)
         owner = f"{user.name}/{server}"
-        notice = svc.ops.notice(owner)
-        if notice is None:
-            incident = svc.incidents.current(owner, user.spawners[server].object_id or "")
-            if incident is None:
-                self.write({"notice": None})
-                return
-            self.write(
-                {
-                    "notice": {
-                        "reason": incident.reason,
-                        "message": incident.message,
-                        "at": _iso(incident.at),
-                        "stop_at": None,
-                        "seconds_left": None,
-                    }
-                }
-            )
+        found = svc.user_notice(owner, user.spawners[server].object_id or "")
+        if found is None:
+            self.write({"notice": None})
             return
-        self.write(
-            {
-                "notice": {
-                    "reason": notice.reason,
-                    "message": notice.message,
-                    "stop_at": _iso(notice.stop_at),
-                    "seconds_left": max(0, round(notice.stop_at - time.time())),
-                }
-            }
-        )
+        notice = {"reason": found.reason, "message": found.message}
+        stop_at = getattr(found, "stop_at", None)
+        if stop_at is not None:  # a stop warning
+            notice.update(stop_at=_iso(stop_at), seconds_left=max(0, round(stop_at - time.time())))
+        else:  # something that happened in the server
+            notice.update(at=_iso(found.at), stop_at=None, seconds_left=None)
+        self.write({"notice": notice})
 
 
 class UsageHandler(APIHandler):

@@ -798,11 +798,8 @@ class GPUDockerSpawner(DockerSpawner):
         svc = self._services.get(self.hub_id)
         if svc is None or not self.active:
             return ""
-        notice = svc.ops.notice(self.owner)
-        if notice is not None:
-            return notice.message
-        incident = svc.incidents.current(self.owner, self.object_id or "")
-        return incident.message if incident is not None else ""
+        found = svc.user_notice(self.owner, self.object_id or "")
+        return found.message if found is not None else ""
 
     async def _start_container(self, svc: GPUService, ticket: Ticket) -> tuple[str, int]:
         """Create and start the container for this plan; the lease is bound the moment it exists."""
