@@ -61,7 +61,7 @@ help:
 	@echo "make swarm-down - remove the gpuhub stack (user homes and hub data are kept)"
 	@echo "make test   - install test dependencies, build test images, run every test"
 	@echo "make unit   - only the tests that need neither Docker nor a hub"
-	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead, console pages, Swarm storm)"
+	@echo "make bench  - run benchmarks/ (allocator, queue hand-off, spawn storm, hub recovery, class day, telemetry overhead, console pages, Swarm storm, a class of 60 at once)"
 
 # --- build inputs shared by the images ---------------------------------------------------
 build-context:
@@ -239,6 +239,7 @@ bench: dev-deps test-images
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.telemetry_overhead
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m benchmarks.console_pages
 	$(VENV)/bin/python -m benchmarks.swarm_storm --image $(TEST_NOTEBOOK_IMAGE)
+	$(VENV)/bin/python -m benchmarks.class_load --image $(TEST_NOTEBOOK_IMAGE)
 
 clean-build:
 	rm -rf .build
