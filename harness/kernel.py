@@ -25,6 +25,35 @@ class Result:
     stdout: str = ""
     error: str = ""  # ename: evalue
     kernel_states: list[str] = field(default_factory=list)  # execution_state values seen on iopub
+    replied: bool = False  # the shell's execute_reply came
+    idle: bool = False  # the kernel went idle after the cell
+
+    def take(self, msg: dict, msg_id: str) -> None:
+        """Fold one message from the kernel's channels into the result of the cell `msg_id`."""
+        kind = msg.get("msg_type") or msg["header"]["msg_type"]
+        content = msg.get("content") or {}
+        if kind == "status":
+            self.kernel_states.append(content.get("execution_state", ""))
+        if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
+            return
+        if kind == "stream" and content.get("name") == "stdout":
+            self.stdout += content.get("text", "")
+        elif kind == "error":
+            self.error = f"{content.get('ename')}: {content.get('evalue')}"
+        elif kind == "execute_reply":
+            self.status = content.get("status", "")
+            self.replied = True
+        elif kind == "status" and content.get("execution_state") == "idle":
+            self.idle = True
+
+    @property
+    def done(self) -> bool:
+        return self.replied and self.idle
+
+    @property
+    def gone(self) -> bool:
+        """The kernel was last seen restarting or dead."""
+        return bool(self.kernel_states) and self.kernel_states[-1] in ("restarting", "dead")
 
     @property
     def died(self) -> bool:
@@ -65,31 +94,12 @@ class Kernel:
         url = self.base.replace("http", "ws", 1) + f"api/kernels/{self.id}/channels"
         ws = await websocket_connect(HTTPRequest(url, headers=self.headers, connect_timeout=60, request_timeout=60))
         msg_id = uuid.uuid4().hex
-        session = uuid.uuid4().hex
-        ws.write_message(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "username": "gpuhub-test",
-                        "session": session,
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
-                    "channel": "shell",
-                    "buffers": [],
-                }
-            )
-        )
+        ws.write_message(json.dumps(execute_request(code, msg_id)))
         result = Result()
-        idle = replied = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            while not (idle and replied):
+            while not result.done:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -99,25 +109,27 @@ class Kernel:
                     break
                 if raw is None:
                     break  # the server closed the channel
-                msg = json.loads(raw)
-                kind = msg.get("msg_type") or msg["header"]["msg_type"]
-                content = msg.get("content") or {}
-                if kind == "status":
-                    state = content.get("execution_state", "")
-                    result.kernel_states.append(state)
-                    if state in ("restarting", "dead"):
-                        break
-                if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
-                    continue
-                if kind == "stream" and content.get("name") == "stdout":
-                    result.stdout += content.get("text", "")
-                elif kind == "error":
-                    result.error = f"{content.get('ename')}: {content.get('evalue')}"
-                elif kind == "execute_reply":
-                    result.status = content.get("status", "")
-                    replied = True
-                elif kind == "status" and content.get("execution_state") == "idle":
-                    idle = True
+                result.take(json.loads(raw), msg_id)
+                if result.gone:
+                    break
         finally:
             ws.close()
         return result
+
+
+def execute_request(code: str, msg_id: str) -> dict:
+    """A Jupyter execute_request on the shell channel, as JupyterLab sends it over the websocket."""
+    return {
+        "header": {
+            "msg_id": msg_id,
+            "msg_type": "execute_request",
+            "username": "",
+            "session": uuid.uuid4().hex,
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {"code": code, "silent": False, "store_history": True, "allow_stdin": False},
+        "channel": "shell",
+        "buffers": [],
+    }

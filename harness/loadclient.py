@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
-from harness.kernel import Result
+from harness.kernel import Result, execute_request
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) gpuhub-loadclient/1.0"
 NAVIGATE = {
@@ -252,28 +252,12 @@ class Student:
 
         async def converse() -> None:
             async with self.http.ws_connect(url, origin=self.origin, headers=headers, max_msg_size=0) as ws:
-                await ws.send_str(json.dumps(_execute_request(code, msg_id)))
-                idle = replied = False
-                while not (idle and replied):
+                await ws.send_str(json.dumps(execute_request(code, msg_id)))
+                while not result.done:
                     msg = await ws.receive()
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         return  # closed, or an error
-                    data = json.loads(msg.data)
-                    kind = data.get("msg_type") or data["header"]["msg_type"]
-                    content = data.get("content") or {}
-                    if kind == "status":
-                        result.kernel_states.append(content.get("execution_state", ""))
-                    if (data.get("parent_header") or {}).get("msg_id") != msg_id:
-                        continue
-                    if kind == "stream" and content.get("name") == "stdout":
-                        result.stdout += content.get("text", "")
-                    elif kind == "error":
-                        result.error = f"{content.get('ename')}: {content.get('evalue')}"
-                    elif kind == "execute_reply":
-                        result.status = content.get("status", "")
-                        replied = True
-                    elif kind == "status" and content.get("execution_state") == "idle":
-                        idle = True
+                    result.take(json.loads(msg.data), msg_id)
 
         try:
             await asyncio.wait_for(converse(), self.timeouts.cell)
@@ -284,23 +268,6 @@ class Student:
     async def stop_server(self) -> None:
         """The home page's Stop button: DELETE the server with the hub's XSRF token."""
         await self._fetch("stop", "DELETE", f"{self.hub_url}/hub/api/users/{self.name}/server", "/hub/", (202, 204))
-
-
-def _execute_request(code: str, msg_id: str) -> dict:
-    return {
-        "header": {
-            "msg_id": msg_id,
-            "msg_type": "execute_request",
-            "username": "",
-            "session": uuid.uuid4().hex,
-            "version": "5.3",
-        },
-        "parent_header": {},
-        "metadata": {},
-        "content": {"code": code, "silent": False, "store_history": True, "allow_stdin": False},
-        "channel": "shell",
-        "buffers": [],
-    }
 
 
 def _login_error(page: str) -> str:

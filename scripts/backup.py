@@ -93,6 +93,15 @@ def docker(*args: str, stdin=None, capture: bool = True) -> str:
     return proc.stdout if capture else ""
 
 
+def in_container(dep: Deployment, mounts: dict[str, str], *command: str, stdin=None) -> str:
+    """Run `command` in a throwaway container of the hub image (no network) with `mounts`
+    (volume or host path -> path[:ro]); its output, or nothing when `stdin` feeds it."""
+    args = ["run", "--rm", "--network", "none", *(["-i"] if stdin is not None else [])]
+    for source, target in mounts.items():
+        args += ["-v", f"{source}:{target}"]
+    return docker(*args, "--entrypoint", command[0], dep.image, *command[1:], stdin=stdin, capture=stdin is None)
+
+
 def volumes(pattern: str) -> list[str]:
     names = docker("volume", "ls", "-q").split()
     return sorted(n for n in names if re.search(pattern, n))
@@ -190,43 +199,16 @@ def _database(dep: Deployment, stage: Path) -> tuple[str, Path, dict]:
         if proc.returncode != 0:
             raise BackupError(f"pg_dump failed: {proc.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
         return "database/postgres.dump", target, {"role": "database"}
-    docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        f"{dep.data_volume}:/data",
-        "-v",
-        f"{stage}:/out",
-        "--entrypoint",
-        "python3",
-        dep.image,
-        "-c",
-        SQLITE_SNAPSHOT,
-    )
+    in_container(dep, {dep.data_volume: "/data", str(stage): "/out"}, "python3", "-c", SQLITE_SNAPSHOT)
     return "database/jupyterhub.sqlite", stage / "jupyterhub.sqlite", {"role": "database"}
 
 
 def _volume(dep: Deployment, stage: Path, volume: str, role: str) -> tuple[str, Path, dict]:
     # The hub data volume's database file is in the archive as a snapshot; a copy of the live file could be torn.
     exclude = "--exclude=./jupyterhub.sqlite* " if role == "hub-data" else ""
-    docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        f"{volume}:/v:ro",
-        "-v",
-        f"{stage}:/out",
-        "--entrypoint",
-        "sh",
-        dep.image,
-        "-c",
-        f"tar -C /v --numeric-owner --warning=no-file-changed {exclude}-cf /out/{shlex.quote(volume)}.tar . ; "
-        "s=$?; [ $s -le 1 ]",
-    )  # tar exits 1 when a file changed while read: expected with servers running
+    # tar exits 1 when a file changed while read: expected with servers running.
+    script = f"tar -C /v --numeric-owner --warning=no-file-changed {exclude}-cf /out/{shlex.quote(volume)}.tar . ; "
+    in_container(dep, {volume: "/v:ro", str(stage): "/out"}, "sh", "-c", script + "s=$?; [ $s -le 1 ]")
     return f"volumes/{volume}.tar", stage / f"{volume}.tar", {"role": role, "volume": volume}
 
 
@@ -292,19 +274,7 @@ def _target(dep: Deployment, member: dict) -> str:
 def _has_data(dep: Deployment, volume: str) -> bool:
     if volume not in docker("volume", "ls", "-q").split():
         return False
-    out = docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        f"{volume}:/v:ro",
-        "--entrypoint",
-        "sh",
-        dep.image,
-        "-c",
-        "ls -A /v | head -1",
-    )
+    out = in_container(dep, {volume: "/v:ro"}, "sh", "-c", "ls -A /v | head -1")
     return bool(out.strip())
 
 
@@ -313,22 +283,8 @@ def _fill(dep: Deployment, volume: str, data) -> None:
     with tempfile.TemporaryFile() as tmp:
         shutil.copyfileobj(data, tmp)
         tmp.seek(0)
-        docker(
-            "run",
-            "--rm",
-            "-i",
-            "--network",
-            "none",
-            "-v",
-            f"{volume}:/v",
-            "--entrypoint",
-            "sh",
-            dep.image,
-            "-c",
-            "find /v -mindepth 1 -delete && tar -C /v --numeric-owner -xpf -",
-            stdin=tmp,
-            capture=False,
-        )
+        script = "find /v -mindepth 1 -delete && tar -C /v --numeric-owner -xpf -"
+        in_container(dep, {volume: "/v"}, "sh", "-c", script, stdin=tmp)
 
 
 def _put_sqlite(dep: Deployment, data) -> None:
@@ -336,23 +292,9 @@ def _put_sqlite(dep: Deployment, data) -> None:
     with tempfile.TemporaryFile() as tmp:
         shutil.copyfileobj(data, tmp)
         tmp.seek(0)
-        docker(
-            "run",
-            "--rm",
-            "-i",
-            "--network",
-            "none",
-            "-v",
-            f"{dep.data_volume}:/data",
-            "--entrypoint",
-            "sh",
-            dep.image,
-            "-c",
-            "rm -f /data/jupyterhub.sqlite-journal && cat > /data/jupyterhub.sqlite"
-            " && chmod 600 /data/jupyterhub.sqlite",
-            stdin=tmp,
-            capture=False,
-        )
+        db = "/data/jupyterhub.sqlite"
+        script = f"rm -f {db}-journal && cat > {db} && chmod 600 {db}"
+        in_container(dep, {dep.data_volume: "/data"}, "sh", "-c", script, stdin=tmp)
 
 
 def _restore_postgres(dep: Deployment, data, force: bool) -> None:
