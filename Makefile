@@ -86,6 +86,7 @@ notebook-image: build-context
 
 hub-image: build-context
 	@set -e; \
+	case "$(HUB_IMAGE)" in gpuhub/*) ;; *) echo "gpuhub: using $(HUB_IMAGE) as it is (GPUHUB_HUB_IMAGE)"; exit 0;; esac; \
 	hub_base=$$(images/offline-base/resolve-base.sh $(HUB_UPSTREAM)); \
 	echo "gpuhub: building $(HUB_IMAGE) FROM $$hub_base"; \
 	scripts/build-image.sh $(HUB_IMAGE) -f images/hub/Dockerfile --build-arg BASE_IMAGE=$$hub_base
@@ -141,7 +142,7 @@ swarm-down:
 	docker stack rm $(SWARM_STACK)
 
 # Restart the hub (user servers keep running), e.g. after changing the settings file.
-restart: database-image
+restart:
 	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
 	@$(START_DATABASE)
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub
@@ -152,10 +153,11 @@ logs:
 
 # Backups (docs/admin.md, "Backups"): user servers keep running; what is consistent is said there.
 backup: $(ENV_FILE)
-	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py backup --env-file $(abspath $(ENV_FILE)) --dir $(BACKUP_DIR) \
-	  $(if $(MATCH),--match '$(MATCH)')
+	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py backup --env-file $(abspath $(ENV_FILE)) --dir $(abspath $(BACKUP_DIR)) \
+	  $(if $(MATCH),--match '$(subst ','\'',$(MATCH))')
 
 restore: $(ENV_FILE) hub-image $(if $(filter postgres,$(DATABASE)),postgres-image)
+	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
 	@test -n "$(BACKUP)" || { echo "gpuhub: name the archive: make restore BACKUP=$(BACKUP_DIR)/gpuhub-....tar" >&2; exit 2; }
 	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py restore --env-file $(abspath $(ENV_FILE)) --archive $(BACKUP) \
 	  $(if $(filter 1 yes true,$(FORCE)),--force)
@@ -166,9 +168,12 @@ restore: $(ENV_FILE) hub-image $(if $(filter postgres,$(DATABASE)),postgres-imag
 upgrade: $(ENV_FILE) $(if $(filter no,$(BUILD_NOTEBOOK)),hub-image,images) database-image
 	@scripts/user-network.sh $(USER_NETWORK) $(USER_SUBNET) $(USER_BRIDGE) $(HUB_IP) $(USER_IP_RANGE)
 	@$(START_DATABASE)
-	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py backup --env-file $(abspath $(ENV_FILE)) --dir $(BACKUP_DIR) --database-only
+	@COMPOSE="$(COMPOSE)" $(PYTHON) scripts/backup.py backup --env-file $(abspath $(ENV_FILE)) --dir $(abspath $(BACKUP_DIR)) --database-only
 	$(COMPOSE) stop hub-watchdog hub
-	$(COMPOSE) run --rm --no-deps -T hub jupyterhub upgrade-db -f /srv/gpuhub/jupyterhub_config.py
+	@# A failed migration: the previous hub starts again (its data as before, or from the backup just made).
+	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) run --rm --no-deps -T hub jupyterhub upgrade-db -f /srv/gpuhub/jupyterhub_config.py \
+	  || { echo "gpuhub: the database migration failed; the previous hub is started again" >&2; \
+	       $(COMPOSE) start hub hub-watchdog; exit 1; }
 	GPUHUB_HUB_IP=$(HUB_IP) $(COMPOSE) up -d --force-recreate hub hub-watchdog
 	@scripts/wait-and-greet.sh $(ENV_FILE)
 

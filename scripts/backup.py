@@ -133,17 +133,18 @@ dst.close()
 def backup(dep: Deployment, out_dir: Path, database_only: bool, match: str | None) -> Path:
     started = time.monotonic()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = out_dir.resolve()  # Docker takes a relative -v source for a volume name
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"gpuhub-{stamp}{'-database' if database_only else ''}.tar"
     stage = Path(tempfile.mkdtemp(prefix=".gpuhub-backup-", dir=out_dir))
-    os.chmod(stage, 0o755)  # the helper containers write here as root
+    partial = out_dir / f".{name}.partial"
     try:
         members: list[tuple[str, Path, dict]] = []
         members.append(_database(dep, stage))
         if not database_only:
             selected = [(dep.data_volume, "hub-data")]
-            homes = [v for v in volumes(HOMES) if not match or re.search(match, v)]
-            courses = [v for v in volumes(COURSES) if not match or re.search(match, v)]
+            homes = [v for v in volumes(HOMES) if not match or re.fullmatch(match, v)]
+            courses = [v for v in volumes(COURSES) if not match or re.fullmatch(match, v)]
             selected += [(v, "home") for v in homes] + [(v, "course") for v in courses]
             for volume, role in selected:
                 members.append(_volume(dep, stage, volume, role))
@@ -159,16 +160,15 @@ def backup(dep: Deployment, out_dir: Path, database_only: bool, match: str | Non
             ],
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        partial = out_dir / f".{name}.partial"
         with tarfile.open(partial, "w") as archive:
             archive.add(stage / "manifest.json", "manifest.json")
             for path, file, _ in members:
                 archive.add(file, path)
-        os.chmod(partial, 0o600)  # holds password hashes, tokens and everyone's files
         final = out_dir / name
         partial.rename(final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        partial.unlink(missing_ok=True)
     size = final.stat().st_size
     print(
         f"gpuhub: wrote {final} ({size / 1e6:.1f} MB: database ({dep.database})"
@@ -179,7 +179,7 @@ def backup(dep: Deployment, out_dir: Path, database_only: bool, match: str | Non
 
 def _database(dep: Deployment, stage: Path) -> tuple[str, Path, dict]:
     if dep.database == "external":
-        raise BackupError("GPUHUB_DB_URL names a database elsewhere: back it up with that database's tools")
+        raise BackupError("GPUHUB_DB_URL names a database elsewhere: back it up with that database's own tools")
     if dep.database == "postgres":
         target = stage / "postgres.dump"
         with open(target, "wb") as f:
@@ -234,7 +234,11 @@ def restore(dep: Deployment, archive_path: Path, force: bool) -> None:
             )
         members = manifest["members"]
         for member in members:  # every byte checked before anything is written
-            if sha256(archive.extractfile(member["path"])) != member["sha256"]:
+            try:
+                intact = sha256(archive.extractfile(member["path"])) == member["sha256"]
+            except (KeyError, tarfile.TarError, OSError):
+                intact = False  # a damaged header hides the member
+            if not intact:
                 raise BackupError(f"{member['path']} in {archive_path} is damaged (sha256 differs from the manifest)")
         database = manifest["database"]
         if database != dep.database:
@@ -244,7 +248,14 @@ def restore(dep: Deployment, archive_path: Path, force: bool) -> None:
         targets = {m["path"]: _target(dep, m) for m in members if m["role"] != "database"}
         if database == "postgres":
             targets["database/postgres.dump"] = dep.postgres_volume
+        in_use = [v for v in targets.values() if docker("ps", "-aq", "--filter", f"volume={v}").strip()]
+        if in_use:
+            raise BackupError(
+                f"containers use these volumes: {', '.join(in_use)}; stop and remove them first (user servers too)"
+            )
         existing = [v for v in targets.values() if _has_data(dep, v)]
+        if database == "sqlite" and _has_data(dep, dep.data_volume, "jupyterhub.sqlite"):
+            existing.append(f"{dep.data_volume} (its database)")
         if existing and not force:
             raise BackupError(
                 f"these volumes exist and are not empty: {', '.join(existing)}; add FORCE=1 to replace them"
@@ -253,7 +264,7 @@ def restore(dep: Deployment, archive_path: Path, force: bool) -> None:
             if member["role"] == "database":
                 continue
             volume = targets[member["path"]]
-            _fill(dep, volume, archive.extractfile(member["path"]))
+            _fill(dep, volume, archive.extractfile(member["path"]), member["role"])
         db = next(m for m in members if m["role"] == "database")
         if database == "sqlite":
             _put_sqlite(dep, archive.extractfile(db["path"]))
@@ -271,15 +282,22 @@ def _target(dep: Deployment, member: dict) -> str:
     return dep.data_volume if member["role"] == "hub-data" else member["volume"]
 
 
-def _has_data(dep: Deployment, volume: str) -> bool:
+def _has_data(dep: Deployment, volume: str, path: str = "") -> bool:
+    """Whether the volume exists and holds anything (with `path`: that file)."""
     if volume not in docker("volume", "ls", "-q").split():
         return False
-    out = in_container(dep, {volume: "/v:ro"}, "sh", "-c", "ls -A /v | head -1")
-    return bool(out.strip())
+    if path:
+        return (
+            in_container(dep, {volume: "/v:ro"}, "sh", "-c", f"test -e /v/{shlex.quote(path)} && echo y").strip() == "y"
+        )
+    return bool(in_container(dep, {volume: "/v:ro"}, "sh", "-c", "ls -A /v | head -1").strip())
 
 
-def _fill(dep: Deployment, volume: str, data) -> None:
-    docker("volume", "create", volume)
+def _fill(dep: Deployment, volume: str, data, role: str) -> None:
+    # Homes come back with the size limit homes are made with here (GPUHUB_HOME_SIZE), if any.
+    size = dep.settings.get("GPUHUB_HOME_SIZE", "").strip() if role == "home" else ""
+    if volume not in docker("volume", "ls", "-q").split():
+        docker("volume", "create", *(["--driver", "local", "--opt", f"size={size}"] if size else []), volume)
     with tempfile.TemporaryFile() as tmp:
         shutil.copyfileobj(data, tmp)
         tmp.seek(0)
@@ -293,7 +311,7 @@ def _put_sqlite(dep: Deployment, data) -> None:
         shutil.copyfileobj(data, tmp)
         tmp.seek(0)
         db = "/data/jupyterhub.sqlite"
-        script = f"rm -f {db}-journal && cat > {db} && chmod 600 {db}"
+        script = f"cat > {db}.restoring && chmod 600 {db}.restoring && rm -f {db}-journal && mv {db}.restoring {db}"
         in_container(dep, {dep.data_volume: "/data"}, "sh", "-c", script, stdin=tmp)
 
 
@@ -334,17 +352,22 @@ def main(argv: list[str]) -> int:
     b.add_argument("--env-file", type=Path, required=True)
     b.add_argument("--dir", type=Path, required=True)
     b.add_argument("--database-only", action="store_true")
-    b.add_argument("--match", help="only home/course volumes whose name matches this regular expression")
+    b.add_argument("--match", help="only home/course volumes whose whole name matches this regular expression")
     r = sub.add_parser("restore")
     r.add_argument("--env-file", type=Path, required=True)
     r.add_argument("--archive", type=Path, required=True)
     r.add_argument("--force", action="store_true", help="replace volumes that exist and hold data")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # archives and their parts hold password hashes, tokens and everyone's files
     try:
         if getattr(args, "match", None):
             re.compile(args.match)
         dep = Deployment(args.env_file)
-        if args.command == "backup":
+        if args.command == "backup" and args.database_only and dep.database == "external":
+            print(
+                "gpuhub: the hub database is elsewhere (GPUHUB_DB_URL): back it up with its own tools before upgrading"
+            )
+        elif args.command == "backup":
             backup(dep, args.dir, args.database_only, args.match)
         else:
             restore(dep, args.archive, args.force)

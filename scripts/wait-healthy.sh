@@ -4,8 +4,10 @@ set -euo pipefail
 container=$1 limit=${2:-120}
 [ -n "$container" ] || { echo "gpuhub: no container to wait for" >&2; exit 1; }
 for _ in $(seq 1 "$limit"); do
-  case "$(docker inspect -f '{{.State.Health.Status}}' "$container" 2>/dev/null)" in
+  # An image without a health check (e.g. upstream postgres): running is all that can be known.
+  case "$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container" 2>/dev/null)" in
     healthy) exit 0 ;;
+    running) sleep 3; exit 0 ;;
   esac
   sleep 1
 done

@@ -527,6 +527,10 @@ def load(environ: Mapping[str, str]) -> dict[str, Any]:
             f" node's volume); leave it empty with GPUHUB_BACKEND={values['GPUHUB_BACKEND']}"
         )
     database = values["GPUHUB_DATABASE"]
+    if database == "postgres" and values["GPUHUB_BACKEND"] == "swarm" and not values["GPUHUB_DB_URL"]:
+        raise SettingsError(
+            "GPUHUB_DATABASE=postgres is the compose deployment's server; on Swarm name a database with GPUHUB_DB_URL"
+        )
     if database == "postgres" and not values["GPUHUB_DB_URL"] and not values["GPUHUB_POSTGRES_PASSWORD"]:
         raise SettingsError("GPUHUB_DATABASE=postgres needs GPUHUB_POSTGRES_PASSWORD (the database's password)")
     return values

@@ -72,6 +72,10 @@ def test_the_database_setting_names_sqlite_postgres_or_a_url_of_ones_own():
     assert settings.database_url(settings.load(own)) == "postgresql+psycopg2://hub@db.lab/hub"
     with pytest.raises(settings.SettingsError, match="^GPUHUB_DATABASE=postgres needs GPUHUB_POSTGRES_PASSWORD"):
         settings.load({**GOOD, "GPUHUB_DATABASE": "postgres"})
+    with pytest.raises(settings.SettingsError, match="^GPUHUB_DATABASE=postgres is the compose deployment's server"):
+        settings.load(
+            {**GOOD, "GPUHUB_DATABASE": "postgres", "GPUHUB_POSTGRES_PASSWORD": "x", "GPUHUB_BACKEND": "swarm"}
+        )
     with pytest.raises(settings.SettingsError, match="^GPUHUB_DATABASE='mysql' is invalid"):
         settings.load({**GOOD, "GPUHUB_DATABASE": "mysql"})
 
