@@ -9,7 +9,9 @@ The layout is the one docs/admin.md recommends for home size limits: Docker's da
 host's filesystem, and a filesystem of its own (here a loop-mounted image file) at
 <data-root>/volumes. The data-root stays between runs (the loaded image is reused); the volumes
 filesystem is made afresh each time. Its own socket, pid file, exec-root and managed containerd;
-no iptables rules and no default bridge, so the host engine and its networks are never touched.
+no iptables rules and a default bridge of its own (DEFAULT_BRIDGE), so the host engine and its
+networks are never touched. Not `--bridge=none`: a dockerd started so deletes the host's `docker0`
+(moby's removeDefaultBridgeInterface), the host engine's default network, in this network namespace.
 Everything it leaves (a dockerd, a mount, a loop device) is found again from these fixed paths,
 so a crashed earlier run is cleaned up by the next one.
 """
@@ -34,11 +36,15 @@ class QuotaUnsupported(RuntimeError):
     """This kernel cannot mount XFS with project quotas (the message is the kernel's reason)."""
 
 
+# The loop engine's default bridge network (not the host's docker0) and its address.
+DEFAULT_BRIDGE, DEFAULT_BRIDGE_ADDRESS = "gpuhubloopd0", "10.233.0.1/24"
+
+
 def missing_prerequisites() -> str | None:
     """Why a loop engine cannot be started on this host, or None."""
     if os.geteuid() != 0:
         return "a loop engine needs root (losetup, mount, dockerd)"
-    for tool in ("dockerd", "docker", "losetup", "mount", "umount", "mkfs.xfs"):
+    for tool in ("dockerd", "docker", "losetup", "mount", "umount", "mkfs.xfs", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian: docker.io, util-linux, xfsprogs)"
     if not Path("/dev/loop-control").exists():
@@ -109,6 +115,10 @@ class LoopEngine:
             if self.quota and "quota" in reason.lower():
                 raise QuotaUnsupported(reason)
             raise RuntimeError(f"mount -o {option} {loop} failed: {reason}")
+        # The default network's bridge, made here: dockerd then takes it as it is (see the module's note).
+        _run(["ip", "link", "add", DEFAULT_BRIDGE, "type", "bridge"])
+        _run(["ip", "addr", "add", DEFAULT_BRIDGE_ADDRESS, "dev", DEFAULT_BRIDGE])
+        _run(["ip", "link", "set", DEFAULT_BRIDGE, "up"])
         self._start_dockerd(timeout)
         return self
 
@@ -122,7 +132,7 @@ class LoopEngine:
             f"--exec-root={self.run_dir / 'exec'}",
             f"--pidfile={self.pid_file}",
             f"--host={self.url}",
-            "--bridge=none",
+            f"--bridge={DEFAULT_BRIDGE}",
             "--iptables=false",
             "--ip-masq=false",
             "--log-level=warn",
@@ -174,6 +184,7 @@ class LoopEngine:
         while _run(["mountpoint", "-q", str(self.data_root)], check=False).returncode == 0:
             if _run(["umount", str(self.data_root)], check=False).returncode != 0:
                 _run(["umount", "-l", str(self.data_root)], check=False)
+        _run(["ip", "link", "del", DEFAULT_BRIDGE], check=False)
         loops = {self.loop_file.read_text().strip()} if self.loop_file.exists() else set()
         if self.image_file.exists():  # also those a run that died before writing loop_file made
             listed = _run(["losetup", "-j", str(self.image_file)], check=False).stdout
