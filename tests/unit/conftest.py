@@ -31,3 +31,22 @@ def pytest_pyfunc_call(pyfuncitem):
     if failure:
         raise failure[0]
     return True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def a_loop_runs_on_the_main_thread():
+    """Make a unit run alone look like the full run: a loop is running on the main thread.
+
+    Without this a test that calls asyncio.run() itself passes in `pytest tests/unit` and fails
+    only in CI, after the browser tests (that is how test_home_size first broke CI).
+    """
+    if asyncio.events._get_running_loop() is not None:
+        yield
+        return
+    loop = asyncio.new_event_loop()
+    asyncio.events._set_running_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.events._set_running_loop(None)
+        loop.close()

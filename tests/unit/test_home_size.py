@@ -2,7 +2,6 @@
 existing volume, a refusing engine or an unenforced limit. Docker is a stand-in here; the real engines
 are in tests/integration/test_home_size.py."""
 
-import asyncio
 import logging
 
 import docker.errors
@@ -162,41 +161,41 @@ def spawner(fake, size="50M", cls=GPUDockerSpawner):
 
 
 def ensure(s):
-    return asyncio.run(s._ensure_home_volume())
+    return s._ensure_home_volume()
 
 
-def test_a_missing_home_is_created_with_the_limit_before_anything_else():
+async def test_a_missing_home_is_created_with_the_limit_before_anything_else():
     fake = FakeDocker()
-    assert ensure(spawner(fake)) is True
+    assert await ensure(spawner(fake)) is True
     assert fake.calls == ["inspect_volume", "create_volume"]
     assert fake.volumes["jupyterhub-user-ada"]["Options"] == {"size": "50M"}
 
 
-def test_no_limit_touches_nothing():
+async def test_no_limit_touches_nothing():
     fake = FakeDocker()
-    assert ensure(spawner(fake, size="")) is False
+    assert await ensure(spawner(fake, size="")) is False
     assert fake.calls == []
 
 
-def test_an_existing_limited_home_is_used_as_it_is():
+async def test_an_existing_limited_home_is_used_as_it_is():
     fake = FakeDocker({"jupyterhub-user-ada": volume({"size": "50M"})})
-    assert ensure(spawner(fake)) is True
+    assert await ensure(spawner(fake)) is True
     assert fake.calls == ["inspect_volume"]
 
 
-def test_an_existing_unlimited_home_starts_and_the_hub_log_says_it_is_not_limited(caplog):
+async def test_an_existing_unlimited_home_starts_and_the_hub_log_says_it_is_not_limited(caplog):
     fake = FakeDocker({"jupyterhub-user-ada": volume(None)})
     s = spawner(fake)
     with caplog.at_level(logging.WARNING, logger=s.log.name):
-        assert ensure(s) is False
+        assert await ensure(s) is False
     assert fake.calls == ["inspect_volume"]
     assert any("NOT limited to 50M" in r.getMessage() and "ada" in r.getMessage() for r in caplog.records)
 
 
-def test_an_engine_that_cannot_limit_refuses_the_start_in_one_line(caplog):
+async def test_an_engine_that_cannot_limit_refuses_the_start_in_one_line(caplog):
     s = spawner(FakeDocker(create_error=api_error(400, NO_QUOTA)))
     with pytest.raises(web.HTTPError) as e:
-        ensure(s)
+        await ensure(s)
     assert e.value.status_code == 500
     assert e.value.log_message.startswith("GPUHUB_HOME_SIZE=50M: this Docker Engine cannot limit volume sizes")
     assert "\n" not in e.value.log_message
@@ -209,25 +208,25 @@ def test_an_engine_that_cannot_limit_refuses_the_start_in_one_line(caplog):
         FakeDocker(create_error=api_error(500, "create jupyterhub-user-ada: disk I/O error")),
     ],
 )
-def test_an_engine_in_trouble_is_a_503_not_a_refusal(fake):
+async def test_an_engine_in_trouble_is_a_503_not_a_refusal(fake):
     with pytest.raises(web.HTTPError) as e:
-        ensure(spawner(fake))
+        await ensure(spawner(fake))
     assert e.value.status_code == 503 and "GPUHUB_HOME_SIZE" not in e.value.log_message
 
 
-def test_a_limit_docker_does_not_enforce_is_an_error_in_the_hub_log(caplog):
+async def test_a_limit_docker_does_not_enforce_is_an_error_in_the_hub_log(caplog):
     for statfs, logged in ((b"12800 4096\n", False), (b"64000000 4096\n", True), (b"", False)):
         s = spawner(FakeDocker(statfs=statfs))
         s.object_id = "c1"
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger=s.log.name):
-            asyncio.run(s._check_home_limit())
+            await s._check_home_limit()
         assert any("moby/moby#43891" in r.getMessage() for r in caplog.records) is logged
 
 
-def test_swarm_refuses_a_home_size_set_on_its_trait():
+async def test_swarm_refuses_a_home_size_set_on_its_trait():
     fake = FakeDocker()
     with pytest.raises(web.HTTPError, match="not on Swarm"):
-        ensure(spawner(fake, cls=GPUSwarmSpawner))
+        await ensure(spawner(fake, cls=GPUSwarmSpawner))
     assert fake.calls == []
-    assert ensure(spawner(fake, size="", cls=GPUSwarmSpawner)) is False
+    assert await ensure(spawner(fake, size="", cls=GPUSwarmSpawner)) is False
