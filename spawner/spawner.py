@@ -37,6 +37,19 @@ async def _evaluated(value, spawner):
     return value or {}
 
 
+#: A starting server is checked again after this share of the time it has taken so far.
+READY_POLL_SHARE = 0.05
+
+
+def ready_poll_wait(waited: float, first: float, most: float) -> float:
+    """Seconds until the next check that a starting server answers, `waited` seconds into its start.
+
+    Short while an ordinary start may be about to answer; later a share of the time waited, so a
+    server is let in at most 5% later than it answered while a slow start costs the hub few checks.
+    """
+    return min(most, max(first, waited * READY_POLL_SHARE))
+
+
 def _template_literal(value):
     """Braces doubled, so DockerSpawner's template rendering leaves the value exactly as it is."""
     if isinstance(value, str):
@@ -184,9 +197,23 @@ class GPUDockerSpawner(DockerSpawner):
         0.2,
         min=0.02,
         help="""
-        Seconds between checks that a starting server answers HTTP. JupyterHub's
-        own check backs off to 5 s between tries; checking at a short fixed
-        interval lets a student in as soon as the server is up.
+        Seconds between the first checks that a starting server answers HTTP.
+        JupyterHub's own check backs off to 5 s between tries; checking this
+        often lets a student in as soon as an ordinary start (a few seconds) is up.
+        A start that takes longer is checked less often: the wait between checks
+        grows to 1/20 of the time waited so far (a server is let in at most 5%
+        later than it answered), up to `ready_poll_max_interval`.
+        """,
+    ).tag(config=True)
+
+    ready_poll_max_interval = Float(
+        2.0,
+        min=0.02,
+        help="""
+        The longest wait between two checks that a starting server answers HTTP.
+        A whole class starting at once on a small host takes minutes to be ready;
+        checking each of 60 servers every 0.2 s meanwhile costs the hub ~300
+        requests a second, CPU the servers need to start.
         """,
     ).tag(config=True)
 
@@ -957,8 +984,9 @@ class GPUDockerSpawner(DockerSpawner):
         """Return once the server answers HTTP; fail early, with its last log line, if it exits."""
         url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
         client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.start_timeout
-        next_state_check = time.monotonic() + 2
+        began = time.monotonic()
+        deadline = began + self.start_timeout
+        next_state_check = began + 2
         while time.monotonic() < deadline:
             try:
                 response = await client.fetch(HTTPRequest(url, connect_timeout=2, request_timeout=5), raise_error=False)
@@ -969,7 +997,9 @@ class GPUDockerSpawner(DockerSpawner):
             if time.monotonic() >= next_state_check:
                 next_state_check = time.monotonic() + 2
                 await self._fail_if_exited()
-            await asyncio.sleep(self.ready_poll_interval)
+            await asyncio.sleep(
+                ready_poll_wait(time.monotonic() - began, self.ready_poll_interval, self.ready_poll_max_interval)
+            )
         # Let JupyterHub's own timeout handling report it.
 
     async def _fail_if_exited(self) -> None:
