@@ -33,9 +33,11 @@ def pytest_pyfunc_call(pyfuncitem):
     return True
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def a_loop_runs_on_the_main_thread():
     """Make a unit run alone look like the full run: a loop is running on the main thread.
+
+    Package scope: the loop is gone again before any test outside tests/unit runs in the same session.
 
     Without this a test that calls asyncio.run() itself passes in `pytest tests/unit` and fails
     only in CI, after the browser tests (that is how test_home_size first broke CI).
